@@ -1,0 +1,87 @@
+"""FastAPI dependencies: the session, settings, services and the current user."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import OAuth2PasswordBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.config import Settings
+from app.core.roles import ADMIN_ROLE, Role
+from app.core.security import InvalidTokenError, PasswordHasher, TokenService
+from app.models.user import User
+from app.repositories.user import UserRepository
+from app.services.errors import NotAuthenticated, PermissionDenied
+
+LOGIN_PATH = "/api/v1/auth/login"
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.database.sessionmaker() as session:
+        yield session
+
+
+def get_app_settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def get_password_hasher(request: Request) -> PasswordHasher:
+    hasher: PasswordHasher = request.app.state.password_hasher
+    return hasher
+
+
+def get_token_service(request: Request) -> TokenService:
+    tokens: TokenService = request.app.state.token_service
+    return tokens
+
+
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
+TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
+
+# auto_error=False: a missing token is reported by get_current_user, in the same
+# shape as an invalid one.
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
+
+
+async def get_current_user(
+    session: SessionDep,
+    tokens: TokenServiceDep,
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+) -> User:
+    """The user the bearer token names, read from the database on every request.
+
+    The role and active flag come from the database, not from the token, so a demoted,
+    deactivated or deleted user loses access at once.
+    """
+    if not token:
+        raise NotAuthenticated()
+    try:
+        claims = tokens.read(token)
+    except InvalidTokenError:
+        raise NotAuthenticated("Invalid or expired token") from None
+    user = await UserRepository(session).get(claims.user_id)
+    if user is None or not user.is_active:
+        raise NotAuthenticated("Invalid or expired token")
+    return user
+
+
+CurrentUser = Annotated[User, Depends(get_current_user)]
+
+
+def require_role(minimum: Role) -> Callable[[User], Awaitable[User]]:
+    """A dependency that admits `minimum` and every role above it."""
+
+    async def dependency(user: CurrentUser) -> User:
+        role = Role.parse(user.role)
+        if role is None or not role.includes(minimum):
+            raise PermissionDenied()
+        return user
+
+    return dependency
+
+
+AdminUser = Annotated[User, Depends(require_role(ADMIN_ROLE))]

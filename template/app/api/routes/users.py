@@ -1,0 +1,89 @@
+"""The current user's account, and user administration."""
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response, status
+
+from app.api.deps import AdminUser, CurrentUser, HasherDep, SessionDep
+from app.schemas.common import Page, PageParams, Responses, error
+from app.schemas.user import PasswordChange, UserAdminUpdate, UserPublic, UserSelfUpdate
+from app.services.user import UserService
+
+router = APIRouter(
+    prefix="/users", tags=["users"], responses={401: error("Missing, invalid or expired token")}
+)
+ADMIN_ONLY: Responses = {403: error("Only the administrator may do this")}
+
+
+def get_user_service(session: SessionDep, hasher: HasherDep) -> UserService:
+    return UserService(session, hasher)
+
+
+UserServiceDep = Annotated[UserService, Depends(get_user_service)]
+
+
+@router.get("/me")
+async def read_me(user: CurrentUser) -> UserPublic:
+    return UserPublic.model_validate(user)
+
+
+@router.patch("/me", responses={409: error("The email is already registered")})
+async def update_me(
+    changes: UserSelfUpdate, user: CurrentUser, service: UserServiceDep
+) -> UserPublic:
+    """Change your own email or name. Role and active flag are not yours to change."""
+    return UserPublic.model_validate(await service.update_self(user, changes))
+
+
+@router.post(
+    "/me/password",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={401: error("The current password is wrong")},
+)
+async def change_password(
+    change: PasswordChange, user: CurrentUser, service: UserServiceDep
+) -> Response:
+    await service.change_password(user, change)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("", responses=ADMIN_ONLY)
+async def list_users(
+    _admin: AdminUser, service: UserServiceDep, page: Annotated[PageParams, Query()]
+) -> Page[UserPublic]:
+    users, total = await service.page(page.offset, page.limit)
+    return Page(items=[UserPublic.model_validate(u) for u in users], total=total)
+
+
+@router.get("/{user_id}", responses={**ADMIN_ONLY, 404: error("No such user")})
+async def read_user(user_id: uuid.UUID, _admin: AdminUser, service: UserServiceDep) -> UserPublic:
+    return UserPublic.model_validate(await service.get(user_id))
+
+
+@router.patch(
+    "/{user_id}",
+    responses={
+        **ADMIN_ONLY,
+        404: error("No such user"),
+        409: error("It would leave no active administrator"),
+    },
+)
+async def update_user(
+    user_id: uuid.UUID, changes: UserAdminUpdate, _admin: AdminUser, service: UserServiceDep
+) -> UserPublic:
+    return UserPublic.model_validate(await service.administer(user_id, changes))
+
+
+@router.delete(
+    "/{user_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={
+        **ADMIN_ONLY,
+        404: error("No such user"),
+        409: error("It would leave no active administrator"),
+    },
+)
+async def delete_user(user_id: uuid.UUID, _admin: AdminUser, service: UserServiceDep) -> Response:
+    await service.delete(user_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

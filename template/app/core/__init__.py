@@ -1,0 +1,1 @@
+"""Configuration, database, security and other cross-cutting pieces."""

@@ -1,0 +1,122 @@
+"""Settings read once from the environment and `.env`."""
+
+import json
+from functools import lru_cache
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from app.core.dialect import ASYNC_DRIVERNAME, DIALECT_NAME
+
+MIN_SECRET_BYTES = 32
+# Values that appear in examples and tutorials; production refuses them as secrets.
+PLACEHOLDER_SECRETS = frozenset(
+    {"change-me", "changeme", "secret", "your-secret-key", "jwt-secret", "please-change-me"}
+)
+
+
+def to_async_url(value: str) -> str:
+    """Accept the plain URL form (`postgresql://...`) and select this service's async driver."""
+    try:
+        url = make_url(value)
+    except ArgumentError as exc:
+        raise ValueError(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    dialect, _, driver = url.drivername.partition("+")
+    if dialect != DIALECT_NAME:
+        raise ValueError(
+            f"DATABASE_URL must be a {DIALECT_NAME} URL (got '{dialect}'); "
+            f"this service was generated for {DIALECT_NAME}"
+        )
+    expected_driver = ASYNC_DRIVERNAME.partition("+")[2]
+    if driver and driver != expected_driver:
+        raise ValueError(
+            f"DATABASE_URL names the driver '{driver}'; this service uses '{expected_driver}' "
+            f"(write '{DIALECT_NAME}://...' and the right driver is chosen)"
+        )
+    return url.set(drivername=ASYNC_DRIVERNAME).render_as_string(hide_password=False)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    environment: Literal["local", "test", "production"] = "local"
+    database_url: str = Field(min_length=1)
+    db_pool_size: int = Field(default=10, ge=1, le=500)
+    db_max_overflow: int = Field(default=10, ge=0, le=500)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    jwt_secret: SecretStr
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
+    bcrypt_rounds: int = Field(default=12, ge=4, le=31)
+
+    # Failed logins per account before it is locked, and for how long.
+    login_max_failures: int = Field(default=5, ge=1)
+    login_lockout_minutes: int = Field(default=15, ge=1)
+
+    cors_origins: Annotated[list[str], NoDecode] = [
+        "http://localhost:3000",
+        "http://localhost:5173",
+    ]
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    first_admin_email: str | None = None
+    first_admin_password: SecretStr | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_database_url(cls, value: str) -> str:
+        return to_async_url(value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: Any) -> Any:
+        # Accept a JSON list or the friendlier comma-separated form.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _production_requirements(self) -> "Settings":
+        if self.environment != "production":
+            return self
+        secret = self.jwt_secret.get_secret_value()
+        if len(secret.encode()) < MIN_SECRET_BYTES:
+            raise ValueError(
+                f"JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes in production; "
+                'generate one with: python -c "import secrets; print(secrets.token_urlsafe(48))"'
+            )
+        if secret.strip().lower() in PLACEHOLDER_SECRETS or "change-me" in secret.lower():
+            raise ValueError("JWT_SECRET is a placeholder; set a random secret in production")
+        if "*" in self.cors_origins:
+            raise ValueError("CORS_ORIGINS must list explicit origins in production, not '*'")
+        return self
+
+    @property
+    def is_production(self) -> bool:
+        return self.environment == "production"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()  # values come from the environment
+
+
+def load_settings() -> Settings:
+    """The settings, or exit with a message naming each bad variable."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  {'.'.join(str(part) for part in error['loc']).upper() or 'settings'}: "
+            f"{error['msg']}"
+            for error in exc.errors()
+        )
+        raise SystemExit(f"Invalid configuration:\n{problems}") from None

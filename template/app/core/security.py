@@ -1,0 +1,114 @@
+"""Password hashing and access tokens."""
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import cached_property
+from typing import Any
+
+from anyio import to_thread
+from passlib.context import CryptContext
+
+from app.core import tokens
+from app.core.config import Settings
+
+# bcrypt reads at most 72 bytes of a password; longer ones are refused, never truncated.
+PASSWORD_MAX_BYTES = 72
+PASSWORD_MIN_CHARS = 8
+
+
+def password_problem(password: str) -> str | None:
+    """Why a new password is unacceptable, or None when it is fine."""
+    if len(password) < PASSWORD_MIN_CHARS:
+        return f"password must be at least {PASSWORD_MIN_CHARS} characters"
+    if len(password.encode()) > PASSWORD_MAX_BYTES:
+        return (
+            f"password must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8 "
+            f"(this one is {len(password.encode())} bytes)"
+        )
+    if "\x00" in password:
+        return "password must not contain NUL characters"
+    return None
+
+
+def _hashable(password: str) -> bool:
+    return len(password.encode()) <= PASSWORD_MAX_BYTES and "\x00" not in password
+
+
+class PasswordHasher:
+    """bcrypt through passlib. Work runs in a worker thread so the event loop stays free."""
+
+    def __init__(self, rounds: int) -> None:
+        self._context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+
+    @cached_property
+    def _dummy_hash(self) -> str:
+        # Verified against when the account does not exist, so that a login costs the
+        # same either way and its timing does not reveal which emails are registered.
+        return str(self._context.hash("dummy password for timing"))
+
+    async def hash(self, password: str) -> str:
+        return str(await to_thread.run_sync(self._context.hash, password))
+
+    async def verify_and_update(self, password: str, hashed: str) -> tuple[bool, str | None]:
+        """Check a password; on success also return a new hash when the cost has changed."""
+        if not _hashable(password):
+            await self.verify_dummy()
+            return False, None
+        valid, new_hash = await to_thread.run_sync(
+            self._context.verify_and_update, password, hashed
+        )
+        return bool(valid), new_hash
+
+    async def verify_dummy(self) -> None:
+        await to_thread.run_sync(self._context.verify, "not the password", self._dummy_hash)
+
+
+class InvalidTokenError(Exception):
+    """The token is missing a claim, malformed, expired or not signed by this service."""
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    token: str
+    expires_in: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenClaims:
+    user_id: uuid.UUID
+    role: str
+
+
+class TokenService:
+    """Issues and checks this service's JWT access tokens."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._secret = settings.jwt_secret.get_secret_value()
+        self._algorithm = settings.jwt_algorithm
+        self._lifetime = timedelta(minutes=settings.access_token_expire_minutes)
+
+    def issue(self, user_id: uuid.UUID, role: str) -> AccessToken:
+        now = datetime.now(UTC)
+        payload: dict[str, Any] = {
+            "sub": str(user_id),
+            "role": role,
+            "iat": int(now.timestamp()),
+            "exp": int((now + self._lifetime).timestamp()),
+        }
+        token = tokens.encode(payload, self._secret, self._algorithm)
+        return AccessToken(token=token, expires_in=int(self._lifetime.total_seconds()))
+
+    def read(self, token: str) -> TokenClaims:
+        try:
+            payload = tokens.decode(token, self._secret, self._algorithm)
+        except tokens.TokenDecodeError as exc:
+            raise InvalidTokenError(str(exc)) from None
+        role = payload.get("role")
+        if not isinstance(role, str):
+            raise InvalidTokenError("token has no role")
+        try:
+            user_id = uuid.UUID(str(payload["sub"]))
+        except ValueError:
+            raise InvalidTokenError("token subject is not a user id") from None
+        return TokenClaims(user_id=user_id, role=role)

@@ -1,0 +1,136 @@
+"""The application: middleware, routers, error handlers and lifespan."""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from app.api.router import api_router
+from app.api.routes import health
+from app.core import project
+from app.core.config import Settings, load_settings
+from app.core.db import Database
+from app.core.logging import configure_logging
+from app.core.middleware import (
+    REQUEST_ID_HEADER,
+    BodySizeLimitMiddleware,
+    RequestLogMiddleware,
+    SecurityHeadersMiddleware,
+)
+from app.core.security import PasswordHasher, TokenService
+from app.services import errors
+
+logger = logging.getLogger(__name__)
+
+# Most specific first: the first matching class decides the status code.
+ERROR_STATUS: tuple[tuple[type[errors.DomainError], int], ...] = (
+    (errors.NotFound, status.HTTP_404_NOT_FOUND),
+    (errors.Conflict, status.HTTP_409_CONFLICT),
+    (errors.NotAuthenticated, status.HTTP_401_UNAUTHORIZED),
+    (errors.PermissionDenied, status.HTTP_403_FORBIDDEN),
+    (errors.TooManyAttempts, status.HTTP_429_TOO_MANY_REQUESTS),
+)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    configure_logging(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await app.state.database.dispose()
+
+    app = FastAPI(
+        title=project.NAME,
+        description=project.DESCRIPTION,
+        version=project.VERSION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    app.state.settings = settings
+    app.state.database = Database(settings)
+    app.state.password_hasher = PasswordHasher(settings.bcrypt_rounds)
+    app.state.token_service = TokenService(settings)
+
+    app.include_router(health.router)
+    app.include_router(api_router)
+    _add_error_handlers(app)
+
+    # Added last runs first: the request log sees every response, including 413s.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+        allow_headers=["Authorization", "Content-Type", REQUEST_ID_HEADER],
+        expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
+        max_age=600,
+    )
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
+    app.add_middleware(RequestLogMiddleware)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, errors.DomainError)  # noqa: S101  # registered for DomainError
+        code = next(code for kind, code in ERROR_STATUS if isinstance(exc, kind))
+        headers: dict[str, str] = {}
+        if code == status.HTTP_401_UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, errors.TooManyAttempts):
+            headers["Retry-After"] = str(exc.retry_after_seconds)
+        return JSONResponse({"detail": exc.message}, status_code=code, headers=headers)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)  # noqa: S101
+        # Say what is wrong without echoing the submitted values (passwords among them).
+        detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
+        return JSONResponse({"detail": detail}, status_code=422)
+
+    async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("database unavailable: %s", type(exc).__name__)
+        return JSONResponse(
+            {"detail": "The database is unavailable; try again shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
+
+    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+        # The traceback goes to the log (Starlette logs it after this handler); the
+        # client learns nothing about the internals.
+        return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+    app.add_exception_handler(errors.DomainError, domain_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    for kind in _DATABASE_UNAVAILABLE:
+        app.add_exception_handler(kind, database_unavailable)
+    app.add_exception_handler(Exception, unexpected_error)
+
+
+# Failures to reach or keep a database connection (and lock timeouts or deadlocks, which
+# a retry resolves), as opposed to errors in a query itself.
+_DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    PoolTimeoutError,
+    OSError,
+)
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn app.main:app` builds the app on first access, so importing this module
+    # (in tests, in the CLI) does not require a configured environment.
+    if name == "app":
+        application = create_app(load_settings())
+        globals()["app"] = application
+        return application
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,37 @@
+"""Users and their login throttling state."""
+
+import uuid
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from app.models.types import UTCDateTime, utcnow
+
+EMAIL_MAX_LENGTH = 255
+NAME_MAX_LENGTH = 255
+ROLE_MAX_LENGTH = 32
+
+
+class User(SQLModel, table=True):
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    email: str = Field(max_length=EMAIL_MAX_LENGTH, unique=True, index=True)
+    hashed_password: str = Field(max_length=255)
+    full_name: str | None = Field(default=None, max_length=NAME_MAX_LENGTH)
+    # A plain string, not a database enum: adding a role later needs no migration.
+    role: str = Field(max_length=ROLE_MAX_LENGTH, index=True)
+    is_active: bool = Field(default=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+class LoginThrottle(SQLModel, table=True):
+    """Failed logins per email, kept in the database so every worker process sees them."""
+
+    __tablename__ = "login_throttle"
+
+    email: str = Field(primary_key=True, max_length=EMAIL_MAX_LENGTH)
+    failures: int = Field(default=0)
+    last_failure_at: datetime = Field(sa_type=UTCDateTime)
+    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)

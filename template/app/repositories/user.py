@@ -1,0 +1,108 @@
+"""Queries on users and login throttling."""
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+from sqlalchemy import case, delete, func, update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.models.user import LoginThrottle, User
+from app.repositories.errors import DuplicateKeyError, flush
+
+
+class UserRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> User | None:
+        statement = select(User).where(User.id == user_id)
+        if for_update:
+            statement = statement.with_for_update().execution_options(populate_existing=True)
+        return (await self.session.exec(statement)).first()
+
+    async def get_by_email(self, email: str) -> User | None:
+        return (await self.session.exec(select(User).where(User.email == email))).first()
+
+    async def add(self, user: User) -> User:
+        """Insert a user; raises DuplicateKeyError when the email is taken."""
+        self.session.add(user)
+        await flush(self.session)
+        return user
+
+    async def save(self, user: User) -> User:
+        self.session.add(user)
+        await flush(self.session)
+        return user
+
+    async def delete(self, user: User) -> None:
+        await self.session.delete(user)
+        await flush(self.session)
+
+    async def page(self, offset: int, limit: int) -> tuple[Sequence[User], int]:
+        rows = await self.session.exec(
+            select(User).order_by(col(User.created_at), col(User.id)).offset(offset).limit(limit)
+        )
+        total = await self.session.exec(select(func.count()).select_from(User))
+        return rows.all(), total.one()
+
+    async def lock_active_with_role(self, role: str) -> Sequence[uuid.UUID]:
+        """Lock the active users holding `role` until the transaction ends, and list them.
+
+        Rules such as "the last administrator stays" read this set and then change it;
+        the lock makes a concurrent transaction wait and then see the change.
+        """
+        statement = (
+            select(User.id)
+            .where(User.role == role, col(User.is_active).is_(True))
+            .order_by(col(User.id))
+            .with_for_update()
+        )
+        return (await self.session.exec(statement)).all()
+
+
+class LoginThrottleRepository:
+    def __init__(self, session: AsyncSession) -> None:
+        self.session = session
+
+    async def locked_until(self, email: str) -> datetime | None:
+        statement = select(LoginThrottle.locked_until).where(LoginThrottle.email == email)
+        return (await self.session.exec(statement)).first()
+
+    async def record_failure(self, email: str, now: datetime, window: timedelta) -> int:
+        """Count one failed login atomically and return the failures within `window`."""
+        increment = (
+            update(LoginThrottle)
+            .where(col(LoginThrottle.email) == email)
+            .values(
+                failures=case(
+                    (col(LoginThrottle.last_failure_at) < now - window, 1),
+                    else_=col(LoginThrottle.failures) + 1,
+                ),
+                last_failure_at=now,
+            )
+        )
+        result = await self.session.exec(increment)
+        if result.rowcount == 0:
+            try:
+                await self._insert_first_failure(email, now)
+            except DuplicateKeyError:
+                # Another request inserted the row first: count on top of it.
+                await self.session.exec(increment)
+        statement = select(LoginThrottle.failures).where(LoginThrottle.email == email)
+        return (await self.session.exec(statement)).one()
+
+    async def _insert_first_failure(self, email: str, now: datetime) -> None:
+        self.session.add(LoginThrottle(email=email, failures=1, last_failure_at=now))
+        await flush(self.session)
+
+    async def lock(self, email: str, until: datetime) -> None:
+        await self.session.exec(
+            update(LoginThrottle)
+            .where(col(LoginThrottle.email) == email)
+            .values(failures=0, locked_until=until)
+        )
+
+    async def clear(self, email: str) -> None:
+        await self.session.exec(delete(LoginThrottle).where(col(LoginThrottle.email) == email))

@@ -1,0 +1,123 @@
+"""Users managing themselves, and administrators managing users."""
+
+import uuid
+from collections.abc import Sequence
+
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from app.core.roles import ADMIN_ROLE
+from app.core.security import PasswordHasher
+from app.models.types import utcnow
+from app.models.user import User
+from app.repositories.errors import DuplicateKeyError
+from app.repositories.user import UserRepository
+from app.schemas.user import PasswordChange, UserAdminUpdate, UserSelfUpdate
+from app.services.errors import EmailTaken, InvalidCredentials, LastAdministrator, NotFound
+
+
+class UserService:
+    def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
+        self.session = session
+        self.users = UserRepository(session)
+        self.hasher = hasher
+
+    async def update_self(self, user: User, changes: UserSelfUpdate) -> User:
+        for field, value in changes.model_dump(exclude_unset=True).items():
+            setattr(user, field, value)
+        user.updated_at = utcnow()
+        try:
+            await self.users.save(user)
+        except DuplicateKeyError:
+            raise EmailTaken() from None
+        await self.session.commit()
+        return user
+
+    async def change_password(self, user: User, change: PasswordChange) -> None:
+        # No transaction stays open while bcrypt runs.
+        await self.session.commit()
+        valid, _ = await self.hasher.verify_and_update(
+            change.current_password, user.hashed_password
+        )
+        if not valid:
+            raise InvalidCredentials("Current password is incorrect")
+        user.hashed_password = await self.hasher.hash(change.new_password)
+        user.updated_at = utcnow()
+        await self.users.save(user)
+        await self.session.commit()
+
+    async def page(self, offset: int, limit: int) -> tuple[Sequence[User], int]:
+        return await self.users.page(offset, limit)
+
+    async def get(self, user_id: uuid.UUID) -> User:
+        user = await self.users.get(user_id)
+        if user is None:
+            raise NotFound("User not found")
+        return user
+
+    async def administer(self, user_id: uuid.UUID, changes: UserAdminUpdate) -> User:
+        values = changes.model_dump(exclude_unset=True)
+        user, another_admin = await self._lock_for_admin_change(user_id)
+        loses_admin = _is_active_admin(user) and (
+            values.get("role", ADMIN_ROLE) != ADMIN_ROLE or values.get("is_active") is False
+        )
+        if loses_admin and not another_admin:
+            raise LastAdministrator()
+        for field, value in values.items():
+            setattr(user, field, value)
+        user.updated_at = utcnow()
+        await self.users.save(user)
+        await self.session.commit()
+        return user
+
+    async def delete(self, user_id: uuid.UUID) -> None:
+        user, another_admin = await self._lock_for_admin_change(user_id)
+        if _is_active_admin(user) and not another_admin:
+            raise LastAdministrator()
+        await self.users.delete(user)
+        await self.session.commit()
+
+    async def _lock_for_admin_change(self, user_id: uuid.UUID) -> tuple[User, bool]:
+        """Lock the user and the active administrators; say whether another one remains.
+
+        Every change that could remove an administrator takes the administrators' row
+        locks first, always in the same order, so two such changes run one after the
+        other and the second sees what the first did.
+        """
+        await self.session.commit()  # start a fresh transaction: the lock comes first
+        admins = await self.users.lock_active_with_role(ADMIN_ROLE)
+        user = await self.users.get(user_id, for_update=True)
+        if user is None:
+            raise NotFound("User not found")
+        return user, any(admin_id != user.id for admin_id in admins)
+
+
+def _is_active_admin(user: User) -> bool:
+    return user.role == ADMIN_ROLE and user.is_active
+
+
+class AdminBootstrap:
+    """Creates the first administrator, or promotes an existing user; safe to repeat."""
+
+    def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
+        self.session = session
+        self.users = UserRepository(session)
+        self.hasher = hasher
+
+    async def ensure_admin(self, email: str, password: str) -> str:
+        """Make `email` an active administrator and say what was done."""
+        user = await self.users.get_by_email(email)
+        if user is None:
+            user = User(
+                email=email, hashed_password=await self.hasher.hash(password), role=ADMIN_ROLE
+            )
+            await self.users.add(user)
+            await self.session.commit()
+            return f"Created administrator {email}"
+        if _is_active_admin(user):
+            return f"{email} is already an administrator; nothing changed"
+        user.role = ADMIN_ROLE
+        user.is_active = True
+        user.updated_at = utcnow()
+        await self.users.save(user)
+        await self.session.commit()
+        return f"Promoted {email} to administrator (password unchanged)"
