@@ -13,7 +13,7 @@ from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  # registers every table on SQLModel.metadata
 from app.core.config import load_settings, to_async_url
-from app.core.dialect import MIGRATION_OPTIONS
+from app.core.dialect import MIGRATION_DATETIME, MIGRATION_OPTIONS
 from app.models.types import UTCDateTime
 
 config = context.config
@@ -30,10 +30,13 @@ def database_url() -> str:
 
 
 def render_item(type_: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:
-    # UTCDateTime is stored as a plain DateTime: write that into new revisions, so they
-    # do not depend on application code that may change later.
+    # Write UTCDateTime as the database type it stores, so that revisions do not depend
+    # on application code that may change later.
     if type_ == "type" and isinstance(obj, UTCDateTime):
-        return "sa.DateTime()"
+        spelling, needed_import = MIGRATION_DATETIME
+        if needed_import:
+            autogen_context.imports.add(needed_import)
+        return spelling
     return False
 
 

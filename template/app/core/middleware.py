@@ -106,10 +106,6 @@ class SecurityHeadersMiddleware:
         await self.app(scope, receive, send_with_headers)
 
 
-class _BodyTooLarge(Exception):
-    pass
-
-
 class BodySizeLimitMiddleware:
     """Answers 413 to a request body over `max_bytes`, declared or streamed."""
 
@@ -126,29 +122,36 @@ class BodySizeLimitMiddleware:
             await self._reject(send)
             return
         received = 0
+        rejected = False
         response_started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge
+                if received > self.max_bytes and not response_started:
+                    # Answer now; to the application the client has gone away.
+                    rejected = True
+                    await self._reject(send)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal response_started
+            if rejected:
+                return  # the 413 has been sent; drop whatever the application answers
             if message["type"] == "http.response.start":
                 response_started = True
             await send(message)
 
         try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _BodyTooLarge:
-            if response_started:
+            await self.app(scope, counting_receive, guarded_send)
+        except Exception:
+            if not rejected:
                 raise
-            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
         body = json.dumps(

@@ -3,7 +3,9 @@
 from datetime import UTC, datetime
 
 from sqlalchemy.engine import Dialect
-from sqlalchemy.types import DateTime, TypeDecorator
+from sqlalchemy.types import TypeDecorator
+
+from app.core.dialect import DATETIME_TYPE
 
 
 def utcnow() -> datetime:
@@ -17,7 +19,7 @@ class UTCDateTime(TypeDecorator[datetime]):
     given back as aware UTC datetimes.
     """
 
-    impl = DateTime
+    impl = DATETIME_TYPE
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
