@@ -19,7 +19,7 @@ PLACEHOLDER_SECRETS = frozenset(
 
 
 def to_async_url(value: str) -> str:
-    """Accept the plain URL form (`postgresql://...`) and select this service's async driver."""
+    """Accept the plain URL form (`dialect://user:password@host/db`) and pick the async driver."""
     try:
         url = make_url(value)
     except ArgumentError as exc:

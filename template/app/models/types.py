@@ -15,8 +15,8 @@ def utcnow() -> datetime:
 class UTCDateTime(TypeDecorator[datetime]):
     """A timezone-aware UTC datetime, stored the same way on every database.
 
-    MySQL and SQLite keep no time zone, so values are stored as naive UTC and
-    given back as aware UTC datetimes.
+    Not every database keeps a time zone, so values are stored as naive UTC and given
+    back as aware UTC datetimes.
     """
 
     impl = DATETIME_TYPE
