@@ -9,8 +9,11 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from app.api.router import api_router
 from app.api.routes import health
@@ -23,6 +26,7 @@ from app.core.middleware import (
     BodySizeLimitMiddleware,
     RequestLogMiddleware,
     SecurityHeadersMiddleware,
+    UnhandledErrorMiddleware,
 )
 from app.core.security import PasswordHasher, TokenService
 from app.services import errors
@@ -63,7 +67,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api_router)
     _add_error_handlers(app)
 
-    # Added last runs first: the request log sees every response, including 413s.
+    # Added last runs first. From the outside in: the request log sees every response;
+    # security and CORS headers go on every response, 413 and 500 included.
+    app.add_middleware(UnhandledErrorMiddleware)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -73,7 +80,6 @@ def create_app(settings: Settings) -> FastAPI:
         expose_headers=[REQUEST_ID_HEADER, "Retry-After"],
         max_age=600,
     )
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
     app.add_middleware(RequestLogMiddleware)
     return app
@@ -96,24 +102,35 @@ def _add_error_handlers(app: FastAPI) -> None:
         detail = [{"type": e["type"], "loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
         return JSONResponse({"detail": detail}, status_code=422)
 
+    async def method_not_allowed(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)  # noqa: S101
+        if exc.status_code != status.HTTP_405_METHOD_NOT_ALLOWED:
+            return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
+        # Starlette names only the first route matching the path; list every method the
+        # path supports, as the OpenAPI document does.
+        methods = {
+            method
+            for route in app.routes
+            if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
+            for method in route.methods or ()
+        }
+        return JSONResponse(
+            {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(sorted(methods))}
+        )
+
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        logger.error("database unavailable: %s", type(exc).__name__)
+        logger.error("database unavailable: %s: %s", type(exc).__name__, getattr(exc, "orig", exc))
         return JSONResponse(
             {"detail": "The database is unavailable; try again shortly"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
             headers={"Retry-After": "5"},
         )
 
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        # The traceback goes to the log (Starlette logs it after this handler); the
-        # client learns nothing about the internals.
-        return JSONResponse({"detail": "Internal server error"}, status_code=500)
-
     app.add_exception_handler(errors.DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, method_not_allowed)
     for kind in _DATABASE_UNAVAILABLE:
         app.add_exception_handler(kind, database_unavailable)
-    app.add_exception_handler(Exception, unexpected_error)
 
 
 # Failures to reach or keep a database connection (and lock timeouts or deadlocks, which

@@ -71,6 +71,45 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+class UnhandledErrorMiddleware:
+    """The last line of defence: an exception nothing else handled is logged with its
+    traceback and answered with a bare 500, so no client ever sees a stack trace.
+
+    It sits inside the CORS and header middleware, so the 500 carries their headers too.
+    """
+
+    body = b'{"detail":"Internal server error"}'
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        response_started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal response_started
+            if message["type"] == "http.response.start":
+                response_started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            request_id = scope.get("state", {}).get("request_id")
+            logger.exception("unhandled error", extra={"request_id": request_id})
+            if response_started:
+                raise
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(self.body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": 500, "headers": headers})
+            await send({"type": "http.response.body", "body": self.body})
+
+
 class SecurityHeadersMiddleware:
     """Headers a JSON API should send; API responses are never cached or framed."""
 

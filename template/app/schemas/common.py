@@ -22,10 +22,18 @@ class Page(BaseModel, Generic[T]):
     total: int
 
 
-class StrictModel(BaseModel):
-    """A request body that refuses fields it does not know (such as `role` at registration)."""
+def not_null(value: Any) -> Any:
+    """For PATCH bodies: a field may be left out, but not set to null."""
+    if value is None:
+        raise ValueError("may be omitted, but not null")
+    return value
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+
+class StrictModel(BaseModel):
+    """A request body that refuses unknown fields (such as `role` at registration) and
+    values of the wrong JSON type (such as 0 for false)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ErrorMessage(BaseModel):

@@ -5,11 +5,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from app.core.roles import Role
-from app.core.security import password_problem
-from app.models.user import EMAIL_MAX_LENGTH, NAME_MAX_LENGTH
-from app.schemas.common import StrictModel
+from app.core.security import PASSWORD_MAX_BYTES, PASSWORD_MIN_CHARS, password_problem
+from app.models.user import NAME_MAX_LENGTH
+from app.schemas.common import StrictModel, not_null
 
 
 def _check_password(value: str) -> str:
@@ -20,8 +21,15 @@ def _check_password(value: str) -> str:
 
 
 # Emails are compared case-insensitively everywhere, so they are stored lower-cased.
-Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_LENGTH), AfterValidator(str.lower)]
-NewPassword = Annotated[str, AfterValidator(_check_password)]
+# 254 characters is the longest address RFC 5321 (and email-validator) accepts.
+EMAIL_MAX_CHARS = 254
+Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_CHARS), AfterValidator(str.lower)]
+# The schema states the character bounds; the validator also enforces bcrypt's 72 bytes.
+NewPassword = Annotated[
+    str,
+    Field(min_length=PASSWORD_MIN_CHARS, max_length=PASSWORD_MAX_BYTES),
+    AfterValidator(_check_password),
+]
 FullName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH)]
 
 
@@ -45,28 +53,19 @@ class UserPublic(BaseModel):
 class UserSelfUpdate(StrictModel):
     """What users may change about themselves: never their role or active flag."""
 
-    email: Email | None = None
+    email: Email | SkipJsonSchema[None] = None
     full_name: FullName | None = None
 
-    @field_validator("email")
-    @classmethod
-    def _email_not_null(cls, value: str | None) -> str | None:
-        if value is None:
-            raise ValueError("email cannot be null")
-        return value
+    _email_not_null = field_validator("email", mode="before")(not_null)
 
 
 class UserAdminUpdate(StrictModel):
-    role: Role | None = None
-    is_active: bool | None = None
+    # Strict mode would want a Role instance; a JSON body carries its value.
+    role: Annotated[Role, Field(strict=False)] | SkipJsonSchema[None] = None
+    is_active: bool | SkipJsonSchema[None] = None
     full_name: FullName | None = None
 
-    @field_validator("role", "is_active")
-    @classmethod
-    def _not_null(cls, value: object) -> object:
-        if value is None:
-            raise ValueError("cannot be null")
-        return value
+    _not_null = field_validator("role", "is_active", mode="before")(not_null)
 
 
 class PasswordChange(StrictModel):

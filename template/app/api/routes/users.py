@@ -56,13 +56,13 @@ async def list_users(
     return Page(items=[UserPublic.model_validate(u) for u in users], total=total)
 
 
-@router.get("/{user_id}", responses={**ADMIN_ONLY, 404: error("No such user")})
+@router.get("/{user_id:uuid}", responses={**ADMIN_ONLY, 404: error("No such user")})
 async def read_user(user_id: uuid.UUID, _admin: AdminUser, service: UserServiceDep) -> UserPublic:
     return UserPublic.model_validate(await service.get(user_id))
 
 
 @router.patch(
-    "/{user_id}",
+    "/{user_id:uuid}",
     responses={
         **ADMIN_ONLY,
         404: error("No such user"),
@@ -76,7 +76,7 @@ async def update_user(
 
 
 @router.delete(
-    "/{user_id}",
+    "/{user_id:uuid}",
     status_code=status.HTTP_204_NO_CONTENT,
     responses={
         **ADMIN_ONLY,

@@ -1,0 +1,254 @@
+"""Hostile or malformed requests get clear 4xx answers, safe headers and no internals."""
+
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+
+from app.api.deps import get_token_service
+from app.core.config import Settings
+from app.core.security import TokenService
+from tests.conftest import SignedIn, make_settings
+
+MAX_BODY_BYTES = 4096
+ALLOWED_ORIGIN = "https://app.example.com"
+GENERATED_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+@pytest.fixture
+def settings(migrated_database: str) -> Settings:
+    return make_settings(
+        migrated_database, max_body_bytes=MAX_BODY_BYTES, cors_origins=[ALLOWED_ORIGIN]
+    )
+
+
+async def test_malformed_json_body_is_rejected_with_422(client: AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/register",
+        content=b'{"email": "a@example.com", "password": ',
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["type"] == "json_invalid"
+    assert error["loc"][0] == "body"
+
+
+async def test_wrong_field_types_are_rejected_with_422_naming_each_field(
+    client: AsyncClient,
+) -> None:
+    response = await client.post(
+        "/api/v1/auth/register", json={"email": 12345, "password": ["not", "a", "string"]}
+    )
+
+    assert response.status_code == 422
+    locations = {tuple(error["loc"]) for error in response.json()["detail"]}
+    assert locations == {("body", "email"), ("body", "password")}
+
+
+async def test_invalid_uuid_in_path_is_rejected_with_422(
+    client: AsyncClient, admin: SignedIn
+) -> None:
+    response = await client.get("/api/v1/users/not-a-uuid", headers=admin.headers)
+
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["path", "user_id"]]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"offset": "-1"},
+        {"limit": "0"},
+        {"limit": "101"},
+        {"offset": "1000000001"},
+        {"limit": "ten"},
+        {"offset": "1.5"},
+    ],
+    ids=[
+        "negative-offset",
+        "zero-limit",
+        "limit-over-100",
+        "offset-over-a-billion",
+        "non-integer-limit",
+        "fractional-offset",
+    ],
+)
+async def test_out_of_range_paging_is_rejected_with_422(
+    client: AsyncClient, admin: SignedIn, params: dict[str, str]
+) -> None:
+    response = await client.get("/api/v1/users", params=params, headers=admin.headers)
+
+    assert response.status_code == 422
+    [name] = params
+    assert [error["loc"] for error in response.json()["detail"]] == [["query", name]]
+
+
+async def test_paging_at_its_limits_is_accepted(client: AsyncClient, admin: SignedIn) -> None:
+    largest_page = await client.get("/api/v1/users", params={"limit": 100}, headers=admin.headers)
+    furthest_offset = await client.get(
+        "/api/v1/users", params={"offset": 1_000_000_000}, headers=admin.headers
+    )
+
+    assert largest_page.status_code == 200
+    assert largest_page.json()["total"] == 1
+    assert furthest_offset.status_code == 200
+    assert furthest_offset.json() == {"items": [], "total": 1}
+
+
+async def test_body_declared_over_the_limit_is_rejected_with_413(client: AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/register",
+        content=b"x" * (MAX_BODY_BYTES + 1),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
+    assert str(MAX_BODY_BYTES) in response.json()["detail"]
+
+
+async def test_streamed_body_over_the_limit_is_rejected_with_413(client: AsyncClient) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"email": "a@example.com", "full_name": "'
+        for _ in range(MAX_BODY_BYTES // 512 + 1):
+            yield b"x" * 512
+        yield b'", "password": "long enough password"}'
+
+    response = await client.post(
+        "/api/v1/auth/register",
+        content=chunks(),
+        headers={"Content-Type": "application/json"},
+    )
+
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/json"
+    assert str(MAX_BODY_BYTES) in response.json()["detail"]
+
+
+async def test_body_under_the_limit_is_accepted(client: AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/register",
+        json={"email": "a@example.com", "password": "long enough password"},
+    )
+
+    assert response.status_code == 201
+
+
+async def test_responses_carry_security_headers(client: AsyncClient) -> None:
+    response = await client.get("/health")
+
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert response.headers["x-frame-options"] == "DENY"
+
+
+async def test_login_responses_are_never_cached(client: AsyncClient) -> None:
+    response = await client.post(
+        "/api/v1/auth/login", data={"username": "nobody@example.com", "password": "wrong pass"}
+    )
+
+    assert response.status_code == 401
+    assert response.headers["cache-control"] == "no-store"
+    assert response.headers["x-content-type-options"] == "nosniff"
+
+
+async def test_cors_preflight_from_a_configured_origin_is_allowed(client: AsyncClient) -> None:
+    response = await client.options(
+        "/api/v1/auth/login",
+        headers={"Origin": ALLOWED_ORIGIN, "Access-Control-Request-Method": "POST"},
+    )
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    assert "POST" in response.headers["access-control-allow-methods"]
+
+
+async def test_cors_preflight_from_another_origin_is_not_allowed(client: AsyncClient) -> None:
+    response = await client.options(
+        "/api/v1/auth/login",
+        headers={"Origin": "https://evil.example.net", "Access-Control-Request-Method": "POST"},
+    )
+
+    assert "access-control-allow-origin" not in response.headers
+
+
+async def test_valid_incoming_request_id_is_echoed(client: AsyncClient) -> None:
+    request_id = "req-2024.01:abc_DEF"
+
+    response = await client.get("/health", headers={"X-Request-ID": request_id})
+
+    assert response.headers["x-request-id"] == request_id
+
+
+async def test_missing_request_id_is_generated(client: AsyncClient) -> None:
+    response = await client.get("/health")
+
+    assert GENERATED_REQUEST_ID.match(response.headers["x-request-id"])
+
+
+@pytest.mark.parametrize(
+    "request_id", ["has spaces in it", "x" * 300, "semi;colon"], ids=["spaces", "300-chars", "semi"]
+)
+async def test_invalid_incoming_request_id_is_replaced(
+    client: AsyncClient, request_id: str
+) -> None:
+    response = await client.get("/health", headers={"X-Request-ID": request_id})
+
+    assert response.headers["x-request-id"] != request_id
+    assert GENERATED_REQUEST_ID.match(response.headers["x-request-id"])
+
+
+async def test_unexpected_error_answers_500_without_internals(app: FastAPI) -> None:
+    def broken_token_service() -> TokenService:
+        raise RuntimeError("internal detail: connection string and stack")
+
+    app.dependency_overrides[get_token_service] = broken_token_service
+    transport = ASGITransport(app=app, raise_app_exceptions=False)
+    async with AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get("/api/v1/users/me", headers={"Authorization": "Bearer x"})
+
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal server error"}
+    assert "Traceback" not in response.text
+    assert "internal detail" not in response.text
+
+
+async def test_unexpected_error_response_keeps_request_id_and_headers(app: FastAPI) -> None:
+    def broken_token_service() -> TokenService:
+        raise RuntimeError("internal detail")
+
+    app.dependency_overrides[get_token_service] = broken_token_service
+    transport = ASGITransport(app=app, raise_app_exceptions=False)
+    async with AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.get(
+            "/api/v1/users/me",
+            headers={"X-Request-ID": "trace-500", "Origin": ALLOWED_ORIGIN},
+        )
+
+    assert response.status_code == 500
+    # The id is how an operator finds this failure's traceback in the log.
+    assert response.headers.get("x-request-id") == "trace-500"
+    assert response.headers.get("x-content-type-options") == "nosniff"
+    # Without it a browser hides the 500 from the front end behind a CORS error.
+    assert response.headers.get("access-control-allow-origin") == ALLOWED_ORIGIN
+
+
+@pytest.mark.parametrize(
+    "password",
+    ["Sh0rt!z", "T00-long-secret-" * 5],
+    ids=["too-short", "too-long"],
+)
+async def test_validation_error_does_not_echo_the_password(
+    client: AsyncClient, password: str
+) -> None:
+    response = await client.post(
+        "/api/v1/auth/register", json={"email": "a@example.com", "password": password}
+    )
+
+    assert response.status_code == 422
+    assert [error["loc"] for error in response.json()["detail"]] == [["body", "password"]]
+    assert password not in response.text

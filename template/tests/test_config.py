@@ -1,0 +1,150 @@
+"""Settings: production refuses unsafe values at start-up; URLs and origins are read leniently."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from app.core.config import Settings, to_async_url
+from app.core.dialect import ASYNC_DRIVERNAME, DIALECT_NAME
+from tests.conftest import PROJECT_ROOT, TEST_SECRET, make_settings
+
+STRONG_SECRET = "kX9vQ2mZr7TtLw4bN8cYp3HsJd6Fg1Ue5Ai0RoW2"  # 40 random characters
+
+
+def plain_url(database_url: str) -> str:
+    """The URL as a user writes it: the dialect alone, without a driver."""
+    url = make_url(database_url).set(drivername=DIALECT_NAME)
+    return url.render_as_string(hide_password=False)
+
+
+def service_environment(**variables: str) -> dict[str, str]:
+    """The process environment without any setting of the service, plus `variables`."""
+    setting_names = {name.upper() for name in Settings.model_fields}
+    environment = {
+        name: value for name, value in os.environ.items() if name.upper() not in setting_names
+    }
+    environment["PYTHONPATH"] = str(PROJECT_ROOT)
+    environment.update(variables)
+    return environment
+
+
+def start_service(tmp_path: Path, **variables: str) -> subprocess.CompletedProcess[str]:
+    # Run from an empty directory, so no `.env` can supply (and hide) a missing variable.
+    return subprocess.run(
+        [sys.executable, "-c", "import app.main as m; m.app"],
+        cwd=tmp_path,
+        env=service_environment(**variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable"),
+    [
+        ({"JWT_SECRET": None}, "JWT_SECRET"),
+        ({"JWT_SECRET": "x" * 31}, "JWT_SECRET"),
+        ({"JWT_SECRET": "change-me".ljust(40, "-")}, "JWT_SECRET"),
+        ({"CORS_ORIGINS": "https://app.example.com,*"}, "CORS_ORIGINS"),
+    ],
+    ids=["secret-missing", "secret-31-bytes", "secret-placeholder", "cors-wildcard"],
+)
+def test_production_refuses_to_start_with_unsafe_settings(
+    tmp_path: Path,
+    test_database_url: str,
+    overrides: dict[str, str | None],
+    variable: str,
+) -> None:
+    variables = {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": test_database_url,
+        "JWT_SECRET": STRONG_SECRET,
+        "CORS_ORIGINS": "https://app.example.com",
+    }
+    variables.update({k: v for k, v in overrides.items() if v is not None})
+    for name in (k for k, v in overrides.items() if v is None):
+        del variables[name]
+
+    result = start_service(tmp_path, **variables)
+
+    assert result.returncode != 0
+    assert variable in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_production_starts_with_safe_settings(tmp_path: Path, test_database_url: str) -> None:
+    result = start_service(
+        tmp_path,
+        ENVIRONMENT="production",
+        DATABASE_URL=test_database_url,
+        JWT_SECRET=STRONG_SECRET,
+        CORS_ORIGINS="https://app.example.com",
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_weak_secret_is_accepted_outside_production(test_database_url: str) -> None:
+    settings = make_settings(test_database_url, environment="local", jwt_secret="change-me")
+
+    assert settings.jwt_secret.get_secret_value() == "change-me"
+
+
+def test_plain_database_url_selects_the_async_driver(test_database_url: str) -> None:
+    url = plain_url(test_database_url)
+
+    assert make_url(url).drivername == DIALECT_NAME
+    assert make_url(to_async_url(url)).drivername == ASYNC_DRIVERNAME
+    assert make_url(make_settings(url).database_url).drivername == ASYNC_DRIVERNAME
+
+
+def test_database_url_with_the_async_driver_is_kept(test_database_url: str) -> None:
+    url = make_url(test_database_url).set(drivername=ASYNC_DRIVERNAME)
+
+    converted = make_url(to_async_url(url.render_as_string(hide_password=False)))
+
+    assert converted.drivername == ASYNC_DRIVERNAME
+    assert converted.database == url.database
+
+
+def test_database_url_of_another_dialect_is_refused() -> None:
+    with pytest.raises(ValueError, match=f"must be a {DIALECT_NAME} URL") as error:
+        to_async_url("other" + "db://user@host/name")
+
+    assert "otherdb" in str(error.value)
+
+
+def test_database_url_with_an_unknown_driver_is_refused(test_database_url: str) -> None:
+    url = make_url(test_database_url).set(drivername=f"{DIALECT_NAME}+nosuchdriver")
+
+    with pytest.raises(ValueError, match="nosuchdriver"):
+        make_settings(url.render_as_string(hide_password=False))
+
+
+def test_database_url_that_is_not_a_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="DATABASE_URL is not a valid database URL"):
+        to_async_url("not a url")
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "https://a.example.com, https://b.example.com",
+        '["https://a.example.com", "https://b.example.com"]',
+    ],
+    ids=["comma-separated", "json-list"],
+)
+def test_cors_origins_are_read_from_either_form(
+    monkeypatch: pytest.MonkeyPatch, test_database_url: str, value: str
+) -> None:
+    monkeypatch.setenv("CORS_ORIGINS", value)
+
+    settings = Settings(_env_file=None, database_url=test_database_url, jwt_secret=TEST_SECRET)
+
+    assert settings.cors_origins == ["https://a.example.com", "https://b.example.com"]

