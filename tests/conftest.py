@@ -1,160 +1,14 @@
-"""Shared pieces of the template tests: variants, databases, commands and timings."""
+"""Fixtures of the template tests: a rendered, installed project per variant."""
 
-import os
 import secrets
-import shlex
-import subprocess
-import sys
 import time
-from collections import defaultdict
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-# Servers the tests create their own databases on; CI may point them elsewhere.
-POSTGRES_URL = os.environ.get("TEMPLATE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432")
-MYSQL_URL = os.environ.get("TEMPLATE_TEST_MYSQL_URL", "mysql://root@127.0.0.1:3306")
-
-TIMINGS: dict[str, dict[str, float]] = defaultdict(dict)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """A named set of answers; the name is the test id and says what is special."""
-
-    name: str
-    answers: Mapping[str, Any] = field(default_factory=dict)
-
-    @property
-    def database(self) -> str:
-        return str(self.answers.get("database", "postgresql"))
-
-    @property
-    def all_answers(self) -> dict[str, Any]:
-        return {"project_name": f"Variant {self.name}", **self.answers}
-
-
-# Together these cover every answer: each database, each JWT library, default and custom
-# role lists, with and without the example resource, and a non-default port.
-VARIANTS = [
-    Variant("postgresql", {"database": "postgresql"}),
-    Variant("mysql", {"database": "mysql"}),
-    Variant("sqlite", {"database": "sqlite"}),
-    Variant(
-        "postgresql-jose-custom-roles",
-        {
-            "database": "postgresql",
-            "jwt_library": "python-jose",
-            "roles": ["viewer", "editor", "admin"],
-        },
-    ),
-    Variant(
-        "mysql-jose-no-items-port-9090",
-        {
-            "database": "mysql",
-            "jwt_library": "python-jose",
-            "example_resource": False,
-            "port": 9090,
-        },
-    ),
-    Variant(
-        "sqlite-jose-no-items-four-roles",
-        {
-            "database": "sqlite",
-            "jwt_library": "python-jose",
-            "example_resource": False,
-            "roles": ["reader", "writer", "moderator", "owner"],
-        },
-    ),
-]
-
-
-def run(
-    command: str,
-    cwd: Path,
-    env: Mapping[str, str] | None = None,
-    *,
-    timing: tuple[str, str] | None = None,
-    timeout: float = 900,
-) -> subprocess.CompletedProcess[str]:
-    """Run a command; on failure raise with its output, so the report shows why."""
-    started = time.perf_counter()
-    result = subprocess.run(
-        shlex.split(command),
-        cwd=cwd,
-        env={**project_env(), **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    if timing:
-        TIMINGS[timing[0]][timing[1]] = time.perf_counter() - started
-    if result.returncode != 0:
-        raise AssertionError(
-            f"`{command}` in {cwd} exited {result.returncode}\n"
-            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
-        )
-    return result
-
-
-def project_env() -> dict[str, str]:
-    """The environment for commands in a rendered project: its own venv, never ours."""
-    env = {k: v for k, v in os.environ.items() if k not in {"VIRTUAL_ENV", "PYTHONPATH"}}
-    env["UV_PYTHON_DOWNLOADS"] = "never"
-    env.setdefault("UV_PYTHON", sys.executable)
-    return env
-
-
-class DatabaseServer:
-    """Creates and drops databases on the PostgreSQL or MySQL server under test."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.base = POSTGRES_URL if kind == "postgresql" else MYSQL_URL
-        parts = urlsplit(self.base)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or (5432 if kind == "postgresql" else 3306)
-        self.user = parts.username or ("postgres" if kind == "postgresql" else "root")
-        self.password = parts.password or ""
-
-    def _execute(self, sql: str) -> None:
-        if self.kind == "postgresql":
-            command = ["psql", "-h", self.host, "-p", str(self.port), "-U", self.user]
-            command += ["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-qc", sql]
-            env = {**os.environ, "PGPASSWORD": self.password}
-        else:
-            command = ["mysql", "-h", self.host, "-P", str(self.port), "-u", self.user, "-e", sql]
-            env = {**os.environ, "MYSQL_PWD": self.password}
-        subprocess.run(command, env=env, check=True, capture_output=True, text=True)
-
-    def create(self, name: str) -> str:
-        if self.kind == "postgresql":
-            self._execute(f'CREATE DATABASE "{name}"')
-        else:
-            self._execute(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci")
-        return f"{self.base}/{name}"
-
-    def drop(self, name: str) -> None:
-        if self.kind == "postgresql":
-            self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        else:
-            self._execute(f"DROP DATABASE IF EXISTS `{name}`")
-
-
-@dataclass
-class Project:
-    """A rendered and installed variant, with databases of its own."""
-
-    variant: Variant
-    path: Path
-    test_database_url: str
-    database_url: str
+from tests.support import TIMINGS, VARIANTS, DatabaseServer, Project, Variant, run
 
 
 @pytest.fixture(scope="session", params=VARIANTS, ids=[v.name for v in VARIANTS])
@@ -194,3 +48,33 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     for name, times in TIMINGS.items():
         cells = "".join(f"{times[s]:>11.1f}" if s in times else f"{'-':>11}" for s in steps)
         terminalreporter.write_line(f"{name:40}{cells}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # With pytest-xdist's --dist loadgroup, every test of one variant runs on one worker,
+    # so each variant is rendered and installed once.
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and isinstance(callspec.params.get("project"), Variant):
+            item.add_marker(pytest.mark.xdist_group(callspec.params["project"].name))
+
+
+_REPORTED: set[tuple[str, str, float]] = set()
+
+
+@pytest.fixture(autouse=True)
+def _report_timings(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Hand new timings to the test's report, so they reach the xdist controller."""
+    yield
+    for name, steps in TIMINGS.items():
+        for step, seconds in steps.items():
+            if (name, step, seconds) not in _REPORTED:
+                _REPORTED.add((name, step, seconds))
+                request.node.user_properties.append(("timing", (name, step, seconds)))
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    for key, value in report.user_properties:
+        if key == "timing":
+            name, step, seconds = value
+            TIMINGS[name][step] = seconds

@@ -67,7 +67,9 @@ def test_env_example_documents_every_setting(copie: Any) -> None:
     project = render(copie)
     documented = set(env_values(project / ".env.example"))
     source = (project / "app/core/config.py").read_text()
-    settings_block = source.split("class Settings(BaseSettings):", 1)[1].split("@field_validator")[0]
+    settings_block = source.split("class Settings(BaseSettings):", 1)[1].split("@field_validator")[
+        0
+    ]
     fields = {m.upper() for m in re.findall(r"^    ([a-z_]+):", settings_block, re.MULTILINE)}
     assert fields, "no settings found: has config.py changed shape?"
     assert fields <= documented, f"undocumented: {sorted(fields - documented)}"

@@ -12,7 +12,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from functools import cache
 
-from tests.conftest import Project, run
+from tests.support import Project, run
 
 # Vulnerabilities that no release fixes and that a choice of answer brings in.
 # Each is explained in docs/security.md; the test fails if one appears that is not here.
@@ -27,7 +27,7 @@ ACCEPTED = {
 def pypi_record(name: str) -> tuple[str, tuple[tuple[str, ...], ...]]:
     """Latest version and its vulnerabilities (each as its id and aliases)."""
     url = f"https://pypi.org/pypi/{name}/json"
-    with urllib.request.urlopen(url, timeout=30) as response:  # noqa: S310
+    with urllib.request.urlopen(url, timeout=30) as response:
         data = json.load(response)
     vulnerabilities = tuple(
         (v["id"], *v.get("aliases", [])) for v in data.get("vulnerabilities", [])

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import TIMINGS, Project, project_env, run
+from tests.support import TIMINGS, Project, project_env, run
 
 PASSWORD = "fuzzing password 1"
 # JSON Schema cannot say "at most 72 UTF-8 bytes", "no NUL characters" or which domains
@@ -30,8 +30,8 @@ def free_port() -> int:
 
 
 def request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
-    req = urllib.request.Request(url, data=data, headers=headers or {})  # noqa: S310
-    with urllib.request.urlopen(req, timeout=10) as response:  # noqa: S310
+    req = urllib.request.Request(url, data=data, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as response:
         return bytes(response.read())
 
 

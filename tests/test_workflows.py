@@ -235,7 +235,10 @@ def test_pre_commit_config_is_valid(rendered: dict[str, Path]) -> None:
 def test_pre_commit_validation_rejects_a_hook_without_rev(tmp_path: Path) -> None:
     config = tmp_path / ".pre-commit-config.yaml"
     config.write_text(
-        "repos:\n  - repo: https://github.com/astral-sh/ruff-pre-commit\n    hooks:\n      - id: ruff-check\n"
+        "repos:\n"
+        "  - repo: https://github.com/astral-sh/ruff-pre-commit\n"
+        "    hooks:\n"
+        "      - id: ruff-check\n"
     )
     result = subprocess.run(
         [_pre_commit(), "validate-config", str(config)], capture_output=True, text=True, check=False

@@ -9,7 +9,6 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
@@ -108,14 +107,16 @@ def _add_error_handlers(app: FastAPI) -> None:
             return JSONResponse({"detail": exc.detail}, exc.status_code, headers=exc.headers)
         # Starlette names only the first route matching the path; list every method the
         # path supports, as the OpenAPI document does.
-        methods = {
+        methods = [
             method
-            for route in app.routes
-            if isinstance(route, APIRoute) and route.matches(request.scope)[0] is not Match.NONE
-            for method in route.methods or ()
-        }
+            for method in _HTTP_METHODS
+            if any(
+                route.matches({**request.scope, "method": method})[0] is Match.FULL
+                for route in app.router.routes
+            )
+        ]
         return JSONResponse(
-            {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(sorted(methods))}
+            {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(methods)}
         )
 
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
@@ -132,6 +133,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     for kind in _DATABASE_UNAVAILABLE:
         app.add_exception_handler(kind, database_unavailable)
 
+
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
 # Failures to reach or keep a database connection (and lock timeouts or deadlocks, which
 # a retry resolves), as opposed to errors in a query itself.

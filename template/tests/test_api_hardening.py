@@ -49,13 +49,26 @@ async def test_wrong_field_types_are_rejected_with_422_naming_each_field(
     assert locations == {("body", "email"), ("body", "password")}
 
 
-async def test_invalid_uuid_in_path_is_rejected_with_422(
-    client: AsyncClient, admin: SignedIn
+@pytest.mark.parametrize("method", ["GET", "PATCH", "DELETE"])
+async def test_a_path_that_is_not_a_uuid_names_no_resource(
+    client: AsyncClient, admin: SignedIn, method: str
 ) -> None:
-    response = await client.get("/api/v1/users/not-a-uuid", headers=admin.headers)
+    # Ids are matched as UUIDs in the route itself, so anything else is simply not there.
+    response = await client.request(
+        method, "/api/v1/users/not-a-uuid", headers=admin.headers, json={}
+    )
 
-    assert response.status_code == 422
-    assert [error["loc"] for error in response.json()["detail"]] == [["path", "user_id"]]
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+async def test_unsupported_method_is_405_listing_every_allowed_method(
+    client: AsyncClient, user: SignedIn
+) -> None:
+    response = await client.delete("/api/v1/users/me", headers=user.headers)
+
+    assert response.status_code == 405
+    assert response.headers["allow"] == "GET, PATCH"
 
 
 @pytest.mark.parametrize(

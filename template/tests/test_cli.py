@@ -1,14 +1,18 @@
 """The admin commands: create-admin makes a working administrator; wait-for-db waits."""
 
+import asyncio
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from httpx import AsyncClient
 
-from app.core.config import Settings
+from app.cli import main
+from app.core.config import Settings, get_settings
 from tests.conftest import PROJECT_ROOT, TEST_SECRET
 from tests.test_health import unreachable_url
 
@@ -16,34 +20,52 @@ ADMIN_EMAIL = "root@example.com"
 ADMIN_PASSWORD = "admin password from the environment"
 
 
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
 def run_cli(
-    database_url: str, *arguments: str, **variables: str
-) -> subprocess.CompletedProcess[str]:
-    """Run `python -m app.cli` as an operator would, from the project root."""
-    setting_names = {name.upper() for name in Settings.model_fields}
-    # Every setting is given explicitly, so neither the caller's environment nor the
-    # project's `.env` decides the outcome.
-    environment = {
-        name: value for name, value in os.environ.items() if name.upper() not in setting_names
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Callable[..., CliResult]:
+    """Run the CLI's main() in this process with every setting given explicitly, so neither
+    the caller's environment nor `.env` decides the outcome.
+
+    In-process keeps the suite fast; the tests below that spawn `python -m app.cli` cover
+    the real entry point.
+    """
+
+    def invoke(database_url: str, *arguments: str, **variables: str) -> CliResult:
+        for name in Settings.model_fields:
+            monkeypatch.delenv(name.upper(), raising=False)
+        for name, value in {**base_environment(database_url), **variables}.items():
+            monkeypatch.setenv(name, value)
+        get_settings.cache_clear()
+        try:
+            main(list(arguments))
+            code, message = 0, ""
+        except SystemExit as exit_:
+            code, message = (exit_.code, "") if isinstance(exit_.code, int) else (1, str(exit_))
+        finally:
+            get_settings.cache_clear()
+        captured = capsys.readouterr()
+        return CliResult(code, captured.out, captured.err + message)
+
+    return invoke
+
+
+def base_environment(database_url: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": database_url,
+        "ENVIRONMENT": "test",
+        "JWT_SECRET": TEST_SECRET,
+        "BCRYPT_ROUNDS": "4",
+        "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
+        "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
     }
-    environment.update(
-        DATABASE_URL=database_url,
-        ENVIRONMENT="test",
-        JWT_SECRET=TEST_SECRET,
-        BCRYPT_ROUNDS="4",
-        FIRST_ADMIN_EMAIL=ADMIN_EMAIL,
-        FIRST_ADMIN_PASSWORD=ADMIN_PASSWORD,
-    )
-    environment.update(variables)
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli", *arguments],
-        cwd=PROJECT_ROOT,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 async def login(client: AsyncClient, email: str, password: str) -> dict[str, str]:
@@ -55,9 +77,9 @@ async def login(client: AsyncClient, email: str, password: str) -> dict[str, str
 
 
 async def test_create_admin_makes_an_administrator_who_can_sign_in(
-    client: AsyncClient, migrated_database: str
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
 ) -> None:
-    result = run_cli(migrated_database, "create-admin")
+    result = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
 
     assert result.returncode == 0, result.stderr
     assert f"Created administrator {ADMIN_EMAIL}" in result.stdout
@@ -69,10 +91,10 @@ async def test_create_admin_makes_an_administrator_who_can_sign_in(
 
 
 async def test_create_admin_twice_changes_nothing(
-    client: AsyncClient, migrated_database: str
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
 ) -> None:
-    first = run_cli(migrated_database, "create-admin")
-    second = run_cli(migrated_database, "create-admin")
+    first = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
+    second = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
 
     assert (first.returncode, second.returncode) == (0, 0), second.stderr
     assert "already an administrator" in second.stdout
@@ -82,7 +104,7 @@ async def test_create_admin_twice_changes_nothing(
 
 
 async def test_create_admin_promotes_an_existing_user_keeping_the_password(
-    client: AsyncClient, migrated_database: str
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
 ) -> None:
     registered = await client.post(
         "/api/v1/auth/register",
@@ -92,7 +114,9 @@ async def test_create_admin_promotes_an_existing_user_keeping_the_password(
     headers = await login(client, "someone@example.com", "registered password")
     assert (await client.get("/api/v1/users", headers=headers)).status_code == 403
 
-    result = run_cli(migrated_database, "create-admin", FIRST_ADMIN_EMAIL="Someone@Example.com")
+    result = await asyncio.to_thread(
+        run_cli, migrated_database, "create-admin", FIRST_ADMIN_EMAIL="Someone@Example.com"
+    )
 
     assert result.returncode == 0, result.stderr
     assert "Promoted someone@example.com" in result.stdout
@@ -103,7 +127,9 @@ async def test_create_admin_promotes_an_existing_user_keeping_the_password(
 
 
 @pytest.mark.usefixtures("client")
-def test_create_admin_without_an_email_fails_with_a_message(migrated_database: str) -> None:
+def test_create_admin_without_an_email_fails_with_a_message(
+    migrated_database: str, run_cli: Callable[..., CliResult]
+) -> None:
     result = run_cli(migrated_database, "create-admin", FIRST_ADMIN_EMAIL="")
 
     assert result.returncode != 0
@@ -113,7 +139,7 @@ def test_create_admin_without_an_email_fails_with_a_message(migrated_database: s
 
 @pytest.mark.usefixtures("client")
 def test_create_admin_with_a_short_password_fails_with_a_message(
-    migrated_database: str,
+    migrated_database: str, run_cli: Callable[..., CliResult]
 ) -> None:
     result = run_cli(migrated_database, "create-admin", FIRST_ADMIN_PASSWORD="short")
 
@@ -122,7 +148,9 @@ def test_create_admin_with_a_short_password_fails_with_a_message(
     assert "Traceback" not in result.stderr
 
 
-def test_wait_for_db_succeeds_when_the_database_answers(migrated_database: str) -> None:
+def test_wait_for_db_succeeds_when_the_database_answers(
+    migrated_database: str, run_cli: Callable[..., CliResult]
+) -> None:
     result = run_cli(migrated_database, "wait-for-db", "--timeout", "1")
 
     assert result.returncode == 0, result.stderr
@@ -130,7 +158,33 @@ def test_wait_for_db_succeeds_when_the_database_answers(migrated_database: str) 
 
 
 def test_wait_for_db_gives_up_with_a_message(test_database_url: str, tmp_path: Path) -> None:
-    result = run_cli(unreachable_url(test_database_url, tmp_path), "wait-for-db", "--timeout", "1")
+    result = run_module(
+        unreachable_url(test_database_url, tmp_path), "wait-for-db", "--timeout", "1"
+    )
 
     assert result.returncode != 0
     assert "wait-for-db: database not reachable" in result.stderr
+
+
+@pytest.mark.usefixtures("client")
+def test_cli_runs_as_a_module(migrated_database: str) -> None:
+    """The entry point operators and scripts/prestart use: `python -m app.cli`."""
+    result = run_module(migrated_database, "create-admin")
+
+    assert result.returncode == 0, result.stderr
+    assert f"Created administrator {ADMIN_EMAIL}" in result.stdout
+
+
+def run_module(database_url: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    setting_names = {name.upper() for name in Settings.model_fields}
+    environment = {k: v for k, v in os.environ.items() if k.upper() not in setting_names}
+    environment.update(base_environment(database_url))
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *arguments],
+        cwd=PROJECT_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from app.core.config import Settings, to_async_url
+from app.core.config import Settings, get_settings, load_settings, to_async_url
 from app.core.dialect import ASYNC_DRIVERNAME, DIALECT_NAME
 from tests.conftest import PROJECT_ROOT, TEST_SECRET, make_settings
 
@@ -45,6 +45,17 @@ def start_service(tmp_path: Path, **variables: str) -> subprocess.CompletedProce
     )
 
 
+def production_environment(database_url: str, **overrides: str | None) -> dict[str, str]:
+    variables: dict[str, str | None] = {
+        "ENVIRONMENT": "production",
+        "DATABASE_URL": database_url,
+        "JWT_SECRET": STRONG_SECRET,
+        "CORS_ORIGINS": "https://app.example.com",
+        **overrides,
+    }
+    return {name: value for name, value in variables.items() if value is not None}
+
+
 @pytest.mark.parametrize(
     ("overrides", "variable"),
     [
@@ -55,26 +66,35 @@ def start_service(tmp_path: Path, **variables: str) -> subprocess.CompletedProce
     ],
     ids=["secret-missing", "secret-31-bytes", "secret-placeholder", "cors-wildcard"],
 )
-def test_production_refuses_to_start_with_unsafe_settings(
+def test_production_refuses_unsafe_settings_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     test_database_url: str,
     overrides: dict[str, str | None],
     variable: str,
 ) -> None:
-    variables = {
-        "ENVIRONMENT": "production",
-        "DATABASE_URL": test_database_url,
-        "JWT_SECRET": STRONG_SECRET,
-        "CORS_ORIGINS": "https://app.example.com",
-    }
-    variables.update({k: v for k, v in overrides.items() if v is not None})
-    for name in (k for k, v in overrides.items() if v is None):
-        del variables[name]
+    for name in Settings.model_fields:
+        monkeypatch.delenv(name.upper(), raising=False)
+    for name, value in production_environment(test_database_url, **overrides).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path)  # no `.env` to supply a missing value
+    get_settings.cache_clear()
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            load_settings()
+    finally:
+        get_settings.cache_clear()
 
-    result = start_service(tmp_path, **variables)
+    assert variable in str(exit_.value.code)
+
+
+def test_production_service_exits_with_a_message_not_a_traceback(
+    tmp_path: Path, test_database_url: str
+) -> None:
+    result = start_service(tmp_path, **production_environment(test_database_url, JWT_SECRET=None))
 
     assert result.returncode != 0
-    assert variable in result.stderr
+    assert "JWT_SECRET" in result.stderr
     assert "Traceback" not in result.stderr
 
 
