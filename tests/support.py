@@ -95,7 +95,7 @@ def run(
     if result.returncode != 0:
         raise AssertionError(
             f"`{command}` in {cwd} exited {result.returncode}\n"
-            f"--- stdout ---\n{result.stdout[-6000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+            f"--- stdout ---\n{result.stdout[-20000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
         )
     return result
 

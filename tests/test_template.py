@@ -97,7 +97,7 @@ def test_migrations_apply_and_match_the_models(project: Project) -> None:
 
 def test_project_test_suite_passes(project: Project) -> None:
     result = run(
-        "uv run pytest -q -p no:cacheprovider",
+        "uv run pytest -q -p no:cacheprovider --tb=short",
         project.path,
         {"TEST_DATABASE_URL": project.test_database_url},
         timing=(project.variant.name, "pytest"),

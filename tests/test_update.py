@@ -303,6 +303,7 @@ def test_update_with_a_new_roles_answer_adds_the_role_without_a_migration(
 ) -> None:
     project = render(template_repo, tmp_path / "roles-demo")
     assert answers(project)["roles"] == ["user", "admin"]
+    assert "editor" not in (project / "README.md").read_text(encoding="utf-8")
     run("uv sync --quiet", project, timing=("update-new-roles", "install"))
     run("uv run alembic upgrade head", project, APP_DATABASE)
     commit_all(project, "Lock the dependencies")
