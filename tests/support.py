@@ -154,3 +154,19 @@ class Project:
     path: Path
     test_database_url: str
     database_url: str
+
+
+def render(destination: Path, **answers: Any) -> Path:
+    """Render the template's working tree (HEAD plus uncommitted edits) with these answers."""
+    import copier  # imported here: most helpers above do not need Copier
+
+    copier.run_copy(
+        src_path=str(REPO_ROOT),
+        dst_path=destination,
+        data={"project_name": "Demo Service", **answers},
+        defaults=True,
+        unsafe=True,
+        vcs_ref="HEAD",
+        quiet=True,
+    )
+    return destination

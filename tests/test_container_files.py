@@ -27,13 +27,13 @@ from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import copier
 import dockerfile
 import jsonschema
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support import render
+
 DATABASES = ["postgresql", "mysql", "sqlite"]
 # Not the default, so a value hard-coded in the template cannot pass for the answer.
 PORT = 8123
@@ -55,15 +55,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     projects = {}
     for database in DATABASES:
         destination = tmp_path_factory.mktemp(f"container-{database}") / "demo"
-        copier.run_copy(
-            src_path=str(REPO_ROOT),
-            dst_path=destination,
-            data={"project_name": "Demo Service", "database": database, "port": PORT},
-            defaults=True,
-            unsafe=True,
-            vcs_ref="HEAD",
-            quiet=True,
-        )
+        render(destination, database=database, port=PORT)
         projects[database] = destination
     return projects
 
@@ -665,15 +657,7 @@ def test_image_commands_build_and_start_the_service_on_sqlite(tmp_path: Path) ->
     uv = require_tool("uv")
     port = _free_port()
     project = tmp_path / "project"
-    copier.run_copy(
-        src_path=str(REPO_ROOT),
-        dst_path=project,
-        data={"project_name": "Demo Service", "database": "sqlite", "port": port},
-        defaults=True,
-        unsafe=True,
-        vcs_ref="HEAD",
-        quiet=True,
-    )
+    render(project, database="sqlite", port=port)
     base_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}
     base_env["UV_PYTHON_DOWNLOADS"] = "never"
     lock = subprocess.run(

@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import copier
 import pytest
 import yaml
 
-from tests.support import REPO_ROOT
+from tests.support import REPO_ROOT, render
 from tests.test_audit import ACCEPTED
 
 DOCS = REPO_ROOT / "docs"
@@ -145,15 +144,7 @@ def tree_paths(text: str) -> set[str]:
 
 def test_getting_started_lists_every_rendered_file(tmp_path: Path) -> None:
     project = tmp_path / "demo-service"
-    copier.run_copy(
-        src_path=str(REPO_ROOT),
-        dst_path=project,
-        data=ALL_FILES_ANSWERS,
-        defaults=True,
-        unsafe=True,
-        vcs_ref="HEAD",
-        quiet=True,
-    )
+    render(project, **ALL_FILES_ANSWERS)
     rendered = {
         path.relative_to(project).as_posix()
         for path in project.rglob("*")

