@@ -10,6 +10,7 @@ from httpx import ASGITransport, AsyncClient
 from app.api.deps import get_token_service
 from app.core.config import Settings
 from app.core.security import TokenService
+from app.main import create_app
 from tests.conftest import SignedIn, make_settings
 
 MAX_BODY_BYTES = 4096
@@ -265,3 +266,22 @@ async def test_validation_error_does_not_echo_the_password(
     assert response.status_code == 422
     assert [error["loc"] for error in response.json()["detail"]] == [["body", "password"]]
     assert password not in response.text
+
+
+async def test_wildcard_origin_outside_production_never_allows_credentials(
+    test_database_url: str,
+) -> None:
+    app = create_app(make_settings(test_database_url, cors_origins=["*"]))
+    transport = ASGITransport(app=app)
+    async with AsyncClient(transport=transport, base_url="http://test") as http:
+        response = await http.options(
+            "/api/v1/auth/login",
+            headers={
+                "Origin": "https://evil.example",
+                "Access-Control-Request-Method": "POST",
+            },
+        )
+    await app.state.database.dispose()
+
+    assert response.headers.get("access-control-allow-credentials") is None
+    assert response.headers.get("access-control-allow-origin") == "*"
