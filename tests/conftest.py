@@ -44,9 +44,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     steps = sorted({step for times in TIMINGS.values() for step in times})
     terminalreporter.section("per-variant timings (seconds)")
-    terminalreporter.write_line(f"{'variant':40}" + "".join(f"{s:>11}" for s in steps))
+    terminalreporter.write_line(f"{'variant':40}" + "".join(f"{s:>13}" for s in steps))
     for name, times in TIMINGS.items():
-        cells = "".join(f"{times[s]:>11.1f}" if s in times else f"{'-':>11}" for s in steps)
+        cells = "".join(f"{times[s]:>13.1f}" if s in times else f"{'-':>13}" for s in steps)
         terminalreporter.write_line(f"{name:40}{cells}")
 
 
