@@ -46,8 +46,10 @@ def test_no_template_syntax_is_left(project: Project) -> None:
 
 def test_nothing_mentions_the_databases_or_libraries_not_chosen(project: Project) -> None:
     answers = project.variant.all_answers
-    banned = OTHER_DATABASES[project.variant.database]
-    banned += OTHER_JWT_LIBRARY[answers.get("jwt_library", "pyjwt")]
+    banned = [
+        *OTHER_DATABASES[project.variant.database],
+        *OTHER_JWT_LIBRARY[answers.get("jwt_library", "pyjwt")],
+    ]
     offenders = []
     for path in rendered_files(project.path):
         relative = path.relative_to(project.path)
