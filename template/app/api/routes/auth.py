@@ -13,7 +13,7 @@ from app.services.auth import AuthService
 router = APIRouter(prefix="/auth", tags=["auth"])
 
 
-def get_auth_service(
+async def get_auth_service(
     session: SessionDep, hasher: HasherDep, tokens: TokenServiceDep, settings: SettingsDep
 ) -> AuthService:
     return AuthService(session, hasher, tokens, settings)

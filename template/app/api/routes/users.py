@@ -16,7 +16,7 @@ router = APIRouter(
 ADMIN_ONLY: Responses = {403: error("Only the administrator may do this")}
 
 
-def get_user_service(session: SessionDep, hasher: HasherDep) -> UserService:
+async def get_user_service(session: SessionDep, hasher: HasherDep) -> UserService:
     return UserService(session, hasher)
 
 
