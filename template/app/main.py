@@ -49,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await app.state.database.dispose()
+        app.state.password_hasher.close()
 
     app = FastAPI(
         title=project.NAME,
