@@ -26,13 +26,8 @@ class UserRepository:
     async def get_by_email(self, email: str) -> User | None:
         return (await self.session.exec(select(User).where(User.email == email))).first()
 
-    async def add(self, user: User) -> User:
-        """Insert a user; raises DuplicateKeyError when the email is taken."""
-        self.session.add(user)
-        await flush(self.session)
-        return user
-
     async def save(self, user: User) -> User:
+        """Insert or update a user; raises DuplicateKeyError when the email is taken."""
         self.session.add(user)
         await flush(self.session)
         return user

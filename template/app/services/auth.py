@@ -41,7 +41,7 @@ class AuthService:
             role=DEFAULT_ROLE,
         )
         try:
-            await self.users.add(user)
+            await self.users.save(user)
         except DuplicateKeyError:
             raise EmailTaken() from None
         await self.session.commit()

@@ -110,7 +110,7 @@ class AdminBootstrap:
             user = User(
                 email=email, hashed_password=await self.hasher.hash(password), role=ADMIN_ROLE
             )
-            await self.users.add(user)
+            await self.users.save(user)
             await self.session.commit()
             return f"Created administrator {email}"
         if _is_active_admin(user):
