@@ -7,6 +7,8 @@ release; one held below it is reported as not audited, never counted as clean.
 """
 
 import json
+import time
+import urllib.error
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -23,12 +25,30 @@ ACCEPTED = {
 }
 
 
+# A failed look-up (name resolution, a reset connection, a 5xx) is retried with growing
+# pauses before the test gives up; a package PyPI does not know (404) fails at once.
+RETRY_PAUSES = (1, 2, 4, 8, 16, 30)
+
+
+def fetch_json(url: str) -> dict:
+    for pause in (*RETRY_PAUSES, None):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return json.load(response)
+        except urllib.error.HTTPError as error:
+            if error.code < 500 or pause is None:
+                raise
+        except (urllib.error.URLError, TimeoutError, ConnectionError):
+            if pause is None:
+                raise
+        time.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 @cache
 def pypi_record(name: str) -> tuple[str, tuple[tuple[str, ...], ...]]:
     """Latest version and its vulnerabilities (each as its id and aliases)."""
-    url = f"https://pypi.org/pypi/{name}/json"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        data = json.load(response)
+    data = fetch_json(f"https://pypi.org/pypi/{name}/json")
     vulnerabilities = tuple(
         (v["id"], *v.get("aliases", [])) for v in data.get("vulnerabilities", [])
     )
@@ -39,7 +59,7 @@ def test_resolved_dependencies_have_no_known_vulnerabilities(project: Project) -
     listed = run("uv pip list --format json --python .venv/bin/python", project.path).stdout
     installed = {p["name"].lower(): p["version"] for p in json.loads(listed)}
     assert "fastapi" in installed, listed
-    with ThreadPoolExecutor(max_workers=8) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         records = dict(zip(installed, pool.map(pypi_record, installed), strict=True))
 
     vulnerable, not_audited, accepted = [], [], []
