@@ -1,5 +1,6 @@
 """Access tokens: every token the service did not issue, or no longer honours, gets 401."""
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -13,8 +14,9 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlmodel import select
 
+from app.core.config import Settings
 from app.core.roles import ADMIN_ROLE
-from app.core.security import TokenService
+from app.core.security import VERIFIED_TOKENS_KEPT, TokenService
 from app.models.user import User
 from tests.conftest import TEST_SECRET, MakeUser, SignedIn
 
@@ -148,6 +150,8 @@ async def test_role_claim_does_not_grant_privileges(client: AsyncClient, user: S
 async def test_deleted_user_token_is_rejected(
     client: AsyncClient, user: SignedIn, admin: SignedIn
 ) -> None:
+    # Used once first, so the token has been verified and remembered.
+    assert (await client.get(ME, headers=user.headers)).status_code == 200
     assert (
         await client.delete(f"/api/v1/users/{user.id}", headers=admin.headers)
     ).status_code == 204
@@ -158,6 +162,7 @@ async def test_deleted_user_token_is_rejected(
 async def test_deactivated_user_token_is_rejected_and_login_fails(
     client: AsyncClient, user: SignedIn, admin: SignedIn
 ) -> None:
+    assert (await client.get(ME, headers=user.headers)).status_code == 200
     response = await client.patch(
         f"/api/v1/users/{user.id}", json={"is_active": False}, headers=admin.headers
     )
@@ -181,3 +186,26 @@ async def test_issued_token_carries_sub_role_iat_and_exp(app: FastAPI, make_user
     async with app.state.database.sessionmaker() as session:
         stored = (await session.exec(select(User).where(User.email == member.email))).one()
     assert str(stored.id) == payload["sub"]
+
+
+async def test_a_remembered_token_is_refused_once_it_expires(
+    client: AsyncClient, user: SignedIn
+) -> None:
+    """Verified tokens are remembered, but never past their expiry."""
+    expires = int(time.time()) + 1
+    token = forge(claims(user, exp=expires))
+    headers = {"Authorization": f"Bearer {token}"}
+    assert (await client.get(ME, headers=headers)).status_code == 200
+    # python-jose compares whole seconds, so it refuses the token a second later than PyJWT.
+    await asyncio.sleep(expires + 1.05 - time.time())
+    await assert_rejected(client, token)
+
+
+def test_the_verified_token_memory_is_bounded(settings: Settings) -> None:
+    service = TokenService(settings)
+    issued = [service.issue(uuid.uuid4(), "user").token for _ in range(VERIFIED_TOKENS_KEPT + 10)]
+    for token in issued:
+        service.read(token)
+    # Every token still reads correctly, remembered or not.
+    assert service.read(issued[0]) == service.read(issued[0])
+    assert len(service._verified) <= VERIFIED_TOKENS_KEPT

@@ -7,6 +7,8 @@ from typing import Annotated
 import pytest
 from fastapi import Depends, FastAPI
 from httpx import AsyncClient
+from sqlalchemy import update
+from sqlmodel import col
 
 from app.core.roles import ADMIN_ROLE, DEFAULT_ROLE, ROLE_ORDER, Role
 from app.models.user import User
@@ -21,6 +23,33 @@ async def test_read_me(client: AsyncClient, user: SignedIn) -> None:
     assert response.status_code == 200
     assert response.json()["id"] == user.id
     assert response.json()["role"] == DEFAULT_ROLE.value
+
+
+async def test_reads_do_not_wait_for_an_open_write_transaction(
+    app: FastAPI, client: AsyncClient, user: SignedIn, admin: SignedIn
+) -> None:
+    """Authentication and pages read without taking locks, so a long write never holds
+    up the requests around it (on SQLite, reads skip BEGIN IMMEDIATE's write lock).
+
+    The writer commits only after the reads have answered: if a read waited for the
+    writer's lock, it could not answer first and the guard would fail the test.
+    """
+    async with app.state.database.sessionmaker() as writer:
+        pending = update(User).where(col(User.id) == uuid.UUID(user.id)).values(full_name="Pending")
+        await writer.exec(pending)
+        me, users = await asyncio.wait_for(
+            asyncio.gather(
+                client.get(ME, headers=user.headers), client.get(USERS, headers=admin.headers)
+            ),
+            timeout=10,  # a guard against waiting for the lock, not a measurement
+        )
+        await writer.commit()
+    assert (me.status_code, users.status_code) == (200, 200)
+    # The uncommitted change was not visible to the reads.
+    assert me.json()["full_name"] is None
+    assert {u["full_name"] for u in users.json()["items"]} == {None}
+    after = await client.get(ME, headers=user.headers)
+    assert after.json()["full_name"] == "Pending"
 
 
 async def test_update_me_changes_name_and_email(client: AsyncClient, user: SignedIn) -> None:

@@ -10,7 +10,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from app.core.config import Settings
 from app.core.roles import ADMIN_ROLE, Role
 from app.core.security import InvalidTokenError, PasswordHasher, TokenService
-from app.models.user import User
+from app.models.user import Principal
 from app.repositories.user import UserRepository
 from app.services.errors import NotAuthenticated, PermissionDenied
 
@@ -18,7 +18,14 @@ LOGIN_PATH = "/api/v1/auth/login"
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A transactional session, for requests that write."""
     async with request.app.state.database.sessionmaker() as session:
+        yield session
+
+
+async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A session for requests that only read; see Database.read_sessionmaker."""
+    async with request.app.state.database.read_sessionmaker() as session:
         yield session
 
 
@@ -42,6 +49,7 @@ async def get_token_service(request: Request) -> TokenService:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
@@ -52,14 +60,15 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
 
 
 async def get_current_user(
-    session: SessionDep,
+    request: Request,
     tokens: TokenServiceDep,
     token: Annotated[str | None, Depends(oauth2_scheme)],
-) -> User:
+) -> Principal:
     """The user the bearer token names, read from the database on every request.
 
     The role and active flag come from the database, not from the token, so a demoted,
-    deactivated or deleted user loses access at once.
+    deactivated or deleted user loses access at once. The read uses a session of its
+    own that gives its connection back at once, so a request never holds two.
     """
     if not token:
         raise NotAuthenticated()
@@ -67,19 +76,20 @@ async def get_current_user(
         claims = tokens.read(token)
     except InvalidTokenError:
         raise NotAuthenticated("Invalid or expired token") from None
-    user = await UserRepository(session).get(claims.user_id)
+    async with request.app.state.database.read_sessionmaker() as session:
+        user = await UserRepository(session).get_principal(claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("Invalid or expired token")
     return user
 
 
-CurrentUser = Annotated[User, Depends(get_current_user)]
+CurrentUser = Annotated[Principal, Depends(get_current_user)]
 
 
-def require_role(minimum: Role) -> Callable[[User], Awaitable[User]]:
+def require_role(minimum: Role) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits `minimum` and every role above it."""
 
-    async def dependency(user: CurrentUser) -> User:
+    async def dependency(user: CurrentUser) -> Principal:
         role = Role.parse(user.role)
         if role is None or not role.includes(minimum):
             raise PermissionDenied()
@@ -88,4 +98,4 @@ def require_role(minimum: Role) -> Callable[[User], Awaitable[User]]:
     return dependency
 
 
-AdminUser = Annotated[User, Depends(require_role(ADMIN_ROLE))]
+AdminUser = Annotated[Principal, Depends(require_role(ADMIN_ROLE))]

@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -112,6 +113,12 @@ class TokenClaims:
     role: str
 
 
+# Tokens remembered after their signature and claims were checked, so a client's token
+# is verified once, not on every request (decoding costs about as much as the database
+# read of the current user).
+VERIFIED_TOKENS_KEPT = 4096
+
+
 class TokenService:
     """Issues and checks this service's JWT access tokens."""
 
@@ -119,6 +126,9 @@ class TokenService:
         self._secret = settings.jwt_secret.get_secret_value()
         self._algorithm = settings.jwt_algorithm
         self._lifetime = timedelta(minutes=settings.access_token_expire_minutes)
+        # Whole token (signature included) -> its claims and expiry. Only tokens that
+        # passed every check get in, and each use checks the expiry again.
+        self._verified: dict[str, tuple[TokenClaims, float]] = {}
 
     def issue(self, user_id: uuid.UUID, role: str) -> AccessToken:
         now = datetime.now(UTC)
@@ -132,6 +142,19 @@ class TokenService:
         return AccessToken(token=token, expires_in=int(self._lifetime.total_seconds()))
 
     def read(self, token: str) -> TokenClaims:
+        remembered = self._verified.get(token)
+        if remembered is not None:
+            claims, expires_at = remembered
+            if time.time() < expires_at:
+                return claims
+            del self._verified[token]  # expired: the full check below says so
+        claims, expires_at = self._verify(token)
+        if len(self._verified) >= VERIFIED_TOKENS_KEPT:
+            del self._verified[next(iter(self._verified))]  # the oldest entry
+        self._verified[token] = (claims, expires_at)
+        return claims
+
+    def _verify(self, token: str) -> tuple[TokenClaims, float]:
         try:
             payload = tokens.decode(token, self._secret, self._algorithm)
         except tokens.TokenDecodeError as exc:
@@ -143,4 +166,4 @@ class TokenService:
             user_id = uuid.UUID(str(payload["sub"]))
         except ValueError:
             raise InvalidTokenError("token subject is not a user id") from None
-        return TokenClaims(user_id=user_id, role=role)
+        return TokenClaims(user_id=user_id, role=role), float(payload["exp"])

@@ -1,6 +1,7 @@
 """Users and their login throttling state."""
 
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlmodel import Field, SQLModel
@@ -24,6 +25,23 @@ class User(SQLModel, table=True):
     is_active: bool = Field(default=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The caller of one request: their user row as read when the request began.
+
+    A plain value, not an ORM object: authentication reads it with one SELECT of these
+    columns, and code that changes the user loads the row in its own transaction.
+    """
+
+    id: uuid.UUID
+    email: str
+    full_name: str | None
+    role: str
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
 
 
 class LoginThrottle(SQLModel, table=True):

@@ -21,7 +21,8 @@ class UserService:
         self.users = UserRepository(session)
         self.hasher = hasher
 
-    async def update_self(self, user: User, changes: UserSelfUpdate) -> User:
+    async def update_self(self, user_id: uuid.UUID, changes: UserSelfUpdate) -> User:
+        user = await self.get(user_id)
         for field, value in changes.model_dump(exclude_unset=True).items():
             setattr(user, field, value)
         user.updated_at = utcnow()
@@ -32,7 +33,8 @@ class UserService:
         await self.session.commit()
         return user
 
-    async def change_password(self, user: User, change: PasswordChange) -> None:
+    async def change_password(self, user_id: uuid.UUID, change: PasswordChange) -> None:
+        user = await self.get(user_id)
         # No transaction stays open while bcrypt runs.
         await self.session.commit()
         valid, _ = await self.hasher.verify_and_update(

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.api.deps import AdminUser, CurrentUser, HasherDep, SessionDep
+from app.api.deps import AdminUser, CurrentUser, HasherDep, ReadSessionDep, SessionDep
 from app.schemas.common import Page, PageParams, Responses, error
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserPublic, UserSelfUpdate
 from app.services.user import UserService
@@ -13,6 +13,7 @@ from app.services.user import UserService
 router = APIRouter(
     prefix="/users", tags=["users"], responses={401: error("Missing, invalid or expired token")}
 )
+UserPage = Page[UserPublic]
 ADMIN_ONLY: Responses = {403: error("Only the administrator may do this")}
 
 
@@ -20,7 +21,13 @@ async def get_user_service(session: SessionDep, hasher: HasherDep) -> UserServic
     return UserService(session, hasher)
 
 
+async def get_user_reader(session: ReadSessionDep, hasher: HasherDep) -> UserService:
+    """The service on a read-only session, for requests that only read."""
+    return UserService(session, hasher)
+
+
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
+UserReaderDep = Annotated[UserService, Depends(get_user_reader)]
 
 
 @router.get("/me")
@@ -33,7 +40,7 @@ async def update_me(
     changes: UserSelfUpdate, user: CurrentUser, service: UserServiceDep
 ) -> UserPublic:
     """Change your own email or name. Role and active flag are not yours to change."""
-    return UserPublic.model_validate(await service.update_self(user, changes))
+    return UserPublic.model_validate(await service.update_self(user.id, changes))
 
 
 @router.post(
@@ -44,20 +51,20 @@ async def update_me(
 async def change_password(
     change: PasswordChange, user: CurrentUser, service: UserServiceDep
 ) -> Response:
-    await service.change_password(user, change)
+    await service.change_password(user.id, change)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 @router.get("", responses=ADMIN_ONLY)
 async def list_users(
-    _admin: AdminUser, service: UserServiceDep, page: Annotated[PageParams, Query()]
+    _admin: AdminUser, service: UserReaderDep, page: Annotated[PageParams, Query()]
 ) -> Page[UserPublic]:
     users, total = await service.page(page.offset, page.limit)
-    return Page(items=[UserPublic.model_validate(u) for u in users], total=total)
+    return UserPage.model_validate({"items": users, "total": total}, from_attributes=True)
 
 
 @router.get("/{user_id:uuid}", responses={**ADMIN_ONLY, 404: error("No such user")})
-async def read_user(user_id: uuid.UUID, _admin: AdminUser, service: UserServiceDep) -> UserPublic:
+async def read_user(user_id: uuid.UUID, _admin: AdminUser, service: UserReaderDep) -> UserPublic:
     return UserPublic.model_validate(await service.get(user_id))
 
 
