@@ -33,6 +33,7 @@ from benchkit.options import LARGE_WORKLOAD, WORKLOADS, Options
 from benchkit.profiler import Profiler
 from benchkit.report import (
     ANALYSIS_HEADING,
+    Check,
     Environment,
     RunResult,
     check_targets,
@@ -42,6 +43,7 @@ from benchkit.report import (
     summarize,
     summary_table,
 )
+from benchkit.rules import check_last_administrator, check_login_throttling
 from benchkit.service import Project, Server, render
 from benchkit.shell import (
     FORM_TYPE,
@@ -66,6 +68,10 @@ ADMIN_EMAIL = "admin@example.com"
 BENCH_EMAIL = "bench@example.com"
 # `create` writes as another user, so that `list` keeps reading exactly SEED_ITEMS items.
 WRITER_EMAIL = "writer@example.com"
+# Accounts of the cross-process rule checks, which run after the measurements.
+THROTTLED_EMAIL = "throttled@example.com"
+SECOND_ADMIN_EMAIL = "second-admin@example.com"
+LOGIN_MAX_FAILURES = 5
 LARGE_EMAIL_PATTERN = "large-{n}@example.com"
 SEED_ITEMS = 100
 LARGE_ITEMS = 100_000
@@ -81,6 +87,7 @@ class Benchmark:
         self.profiles: list[str] = []
         self.hash_limit_rps = 0.0
         self.tokens: dict[str, str] = {}
+        self.rule_checks: list[Check] = []
 
     def run(self) -> int:
         """The whole benchmark; returns the exit code. Cleans up whatever happens."""
@@ -127,6 +134,9 @@ class Benchmark:
                     server, wrk, meter, requests, ["health", LARGE_WORKLOAD], profiler,
                     reference=("health",),
                 )  # fmt: skip
+            self.settle(server, meter)
+            with step(f"check the cross-process rules with {opts.workers} worker(s)"):
+                self.check_rules(server.base_url)
             self.report(environment)
             return 0
         except BenchError as exc:
@@ -163,6 +173,7 @@ class Benchmark:
                 "BCRYPT_ROUNDS": str(opts.bcrypt_rounds),
                 "LOG_LEVEL": "WARNING",
                 "CORS_ORIGINS": '["https://bench.example.com"]',
+                "LOGIN_MAX_FAILURES": str(LOGIN_MAX_FAILURES),
             }
         )
         env.update(opts.extra_env)
@@ -217,6 +228,23 @@ class Benchmark:
             "create": HttpRequest("POST", f"{API}/items", item, JSON_TYPE, "@" + WRITER_EMAIL),
             "login": self.login_request(BENCH_EMAIL),
         }
+
+    def check_rules(self, base_url: str) -> None:
+        """Login throttling and the last administrator, with the server as benchmarked."""
+        workers = self.options.workers
+        self.register(base_url, THROTTLED_EMAIL)
+        self.register(base_url, SECOND_ADMIN_EMAIL)
+        self.rule_checks = [
+            check_login_throttling(
+                base_url, THROTTLED_EMAIL, self.password, LOGIN_MAX_FAILURES, workers
+            ),
+            check_last_administrator(
+                base_url, self.login(base_url, ADMIN_EMAIL), SECOND_ADMIN_EMAIL,
+                lambda email: self.login(base_url, email), workers,
+            ),
+        ]  # fmt: skip
+        for check in self.rule_checks:
+            log(f"[{check.verdict}] {check.name}: {check.detail}")
 
     def check_page(self, base_url: str, email: str, total: int) -> None:
         request = HttpRequest("GET", f"{API}/items?limit=100", token=self.login(base_url, email))
@@ -406,7 +434,7 @@ class Benchmark:
             uvicorn_command=shlex.join(server_cmd),
         )
         summaries = summarize(self.results, self.hash_limit_rps)
-        checks = check_targets(summaries, self.hash_limit_rps)
+        checks = check_targets(summaries, self.hash_limit_rps) + self.rule_checks
         print(
             f"\nSummary: {opts.database}, {opts.workers} worker(s), mean of {opts.repeat} repeat(s)"
         )
