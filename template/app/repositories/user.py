@@ -30,8 +30,7 @@ class UserRepository:
         return None if row is None else Principal(*row)
 
     async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> User | None:
-        # Session.get reuses one cached statement: cheaper than building a select, and
-        # it runs on every authenticated request.
+        # Session.get reuses one cached statement: cheaper than building a select.
         return await self.session.get(
             User, user_id, with_for_update=for_update, populate_existing=for_update
         )
