@@ -29,7 +29,7 @@ async def test_reads_do_not_wait_for_an_open_write_transaction(
     app: FastAPI, client: AsyncClient, user: SignedIn, admin: SignedIn
 ) -> None:
     """Authentication and pages read without taking locks, so a long write never holds
-    up the requests around it (on SQLite, reads skip BEGIN IMMEDIATE's write lock).
+    up the requests around it (see READ_ONLY_OPTIONS in app/core/dialect.py).
 
     The writer commits only after the reads have answered: if a read waited for the
     writer's lock, it could not answer first and the guard would fail the test.

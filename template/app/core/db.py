@@ -26,10 +26,11 @@ class FairAsyncQueuePool(AsyncAdaptedQueuePool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._permits = asyncio.Semaphore(self.size() + max(self._max_overflow, 0))
+        self.waiting = 0  # checkouts waiting for a connection now
 
     def _do_get(self) -> ConnectionPoolEntry:
         try:
-            await_only(asyncio.wait_for(self._permits.acquire(), self._timeout))
+            await_only(self._take_permit())
         except TimeoutError:
             raise exc.TimeoutError(
                 f"no database connection free within {self._timeout:g} s "
@@ -40,6 +41,19 @@ class FairAsyncQueuePool(AsyncAdaptedQueuePool):
         except BaseException:
             self._permits.release()
             raise
+
+    async def _take_permit(self) -> None:
+        # Awaited in the caller's own task (no wait_for task), so a waiter joins the
+        # queue at once and nobody can slip in ahead of it.
+        if not self._permits.locked():
+            await self._permits.acquire()  # free: returns without waiting
+            return
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._permits.acquire()
+        finally:
+            self.waiting -= 1
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
         try:
