@@ -41,7 +41,6 @@ class Principal:
     role: str
     is_active: bool
     created_at: datetime
-    updated_at: datetime
 
 
 class LoginThrottle(SQLModel, table=True):
