@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,13 +45,14 @@ from benchkit.report import (
 from benchkit.rules import check_last_administrator, check_login_throttling
 from benchkit.service import Project, Server, render
 from benchkit.shell import (
-    FORM_TYPE,
+    API,
     JSON_TYPE,
     BenchError,
     HttpRequest,
     expect,
     free_port,
     log,
+    login_request,
     run_cmd,
     tool_version,
     uv_executable,
@@ -63,7 +63,6 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
 LARGE_SEED_SCRIPT = BENCH_DIR / "seed_large.py"
 
-API = "/api/v1"
 ADMIN_EMAIL = "admin@example.com"
 BENCH_EMAIL = "bench@example.com"
 # `create` writes as another user, so that `list` keeps reading exactly SEED_ITEMS items.
@@ -199,12 +198,8 @@ class Benchmark:
         return environment
 
     def login(self, base_url: str, email: str) -> str:
-        body = expect(base_url, self.login_request(email), [200])
+        body = expect(base_url, login_request(email, self.password), [200])
         return str(body["access_token"])
-
-    def login_request(self, email: str) -> HttpRequest:
-        form = urllib.parse.urlencode({"username": email, "password": self.password})
-        return HttpRequest("POST", f"{API}/auth/login", form, FORM_TYPE)
 
     def register(self, base_url: str, email: str) -> None:
         body = json.dumps({"email": email, "password": self.password, "full_name": "Bench"})
@@ -226,7 +221,7 @@ class Benchmark:
             "me": HttpRequest("GET", f"{API}/users/me", token="@" + BENCH_EMAIL),
             "list": HttpRequest("GET", f"{API}/items?limit=100", token="@" + BENCH_EMAIL),
             "create": HttpRequest("POST", f"{API}/items", item, JSON_TYPE, "@" + WRITER_EMAIL),
-            "login": self.login_request(BENCH_EMAIL),
+            "login": login_request(BENCH_EMAIL, self.password),
         }
 
     def check_rules(self, base_url: str) -> None:

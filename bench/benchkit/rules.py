@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import json
 import threading
-import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from benchkit.report import Check
-from benchkit.shell import FORM_TYPE, JSON_TYPE, HttpRequest, expect, http
+from benchkit.shell import API, JSON_TYPE, HttpRequest, expect, http, login_request
 
-API = "/api/v1"
 # The roles of a default rendering, least to most privileged.
 FIRST_ROLE, ADMIN_ROLE = "user", "admin"
 DEMOTION_ROUNDS = 5
@@ -32,11 +30,6 @@ def concurrently(base_url: str, requests: Sequence[HttpRequest]) -> list[int]:
 
     with ThreadPoolExecutor(len(requests)) as pool:
         return list(pool.map(send, requests))
-
-
-def login_request(email: str, password: str) -> HttpRequest:
-    form = urllib.parse.urlencode({"username": email, "password": password})
-    return HttpRequest("POST", f"{API}/auth/login", form, FORM_TYPE)
 
 
 def user_id(base_url: str, token: str) -> str:

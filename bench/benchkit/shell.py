@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 JSON_TYPE = "application/json"
 FORM_TYPE = "application/x-www-form-urlencoded"
+API = "/api/v1"
 
 
 class BenchError(Exception):
@@ -97,6 +99,12 @@ class HttpRequest:
 
     def with_token(self, token: str) -> HttpRequest:
         return HttpRequest(self.method, self.path, self.body, self.content_type, token)
+
+
+def login_request(email: str, password: str) -> HttpRequest:
+    """The service's form-encoded login."""
+    form = urllib.parse.urlencode({"username": email, "password": password})
+    return HttpRequest("POST", f"{API}/auth/login", form, FORM_TYPE)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
