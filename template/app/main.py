@@ -1,5 +1,6 @@
 """The application: middleware, routers, error handlers and lifespan."""
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,6 +48,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # What exists now (modules, the app, its routes and schemas) lives as long as the
+        # process. Frozen, the collections that request garbage triggers no longer scan
+        # it again and again (a page of 100 rows costs about a tenth less).
+        gc.collect()
+        gc.freeze()
         yield
         await app.state.database.dispose()
         app.state.password_hasher.close()

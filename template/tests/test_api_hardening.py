@@ -7,10 +7,10 @@ import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
-from app.api.deps import get_token_service
+from app.api.deps import get_current_user
 from app.core.config import Settings
-from app.core.security import TokenService
 from app.main import create_app
+from app.models.user import Principal
 from tests.conftest import SignedIn, make_settings
 
 MAX_BODY_BYTES = 4096
@@ -217,10 +217,10 @@ async def test_invalid_incoming_request_id_is_replaced(
 
 
 async def test_unexpected_error_answers_500_without_internals(app: FastAPI) -> None:
-    def broken_token_service() -> TokenService:
+    def broken_authentication() -> Principal:
         raise RuntimeError("internal detail: connection string and stack")
 
-    app.dependency_overrides[get_token_service] = broken_token_service
+    app.dependency_overrides[get_current_user] = broken_authentication
     transport = ASGITransport(app=app, raise_app_exceptions=False)
     async with AsyncClient(transport=transport, base_url="http://test") as http:
         response = await http.get("/api/v1/users/me", headers={"Authorization": "Bearer x"})
@@ -232,10 +232,10 @@ async def test_unexpected_error_answers_500_without_internals(app: FastAPI) -> N
 
 
 async def test_unexpected_error_response_keeps_request_id_and_headers(app: FastAPI) -> None:
-    def broken_token_service() -> TokenService:
+    def broken_authentication() -> Principal:
         raise RuntimeError("internal detail")
 
-    app.dependency_overrides[get_token_service] = broken_token_service
+    app.dependency_overrides[get_current_user] = broken_authentication
     transport = ASGITransport(app=app, raise_app_exceptions=False)
     async with AsyncClient(transport=transport, base_url="http://test") as http:
         response = await http.get(

@@ -8,10 +8,11 @@ from fastapi.security import OAuth2PasswordBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
+from app.core.db import Database
 from app.core.roles import ADMIN_ROLE, Role
 from app.core.security import InvalidTokenError, PasswordHasher, TokenService
 from app.models.user import Principal
-from app.repositories.user import UserRepository
+from app.repositories.user import read_principal
 from app.services.errors import NotAuthenticated, PermissionDenied
 
 LOGIN_PATH = "/api/v1/auth/login"
@@ -23,14 +24,14 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
         yield session
 
 
-async def get_read_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A session for requests that only read; see Database.read_sessionmaker."""
-    async with request.app.state.database.read_sessionmaker() as session:
-        yield session
-
-
 # Dependencies are `async def` even when they do not await: FastAPI runs a plain `def`
 # dependency in its thread pool, a thread hop per dependency per request.
+
+
+async def get_database(request: Request) -> Database:
+    """The database, for services that only read (through Database.read)."""
+    database: Database = request.app.state.database
+    return database
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -49,7 +50,7 @@ async def get_token_service(request: Request) -> TokenService:
 
 
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
-ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
@@ -60,24 +61,24 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
 
 
 async def get_current_user(
-    request: Request,
-    tokens: TokenServiceDep,
-    token: Annotated[str | None, Depends(oauth2_scheme)],
+    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
 ) -> Principal:
     """The user the bearer token names, read from the database on every request.
 
     The role and active flag come from the database, not from the token, so a demoted,
-    deactivated or deleted user loses access at once. The read uses a session of its
-    own that gives its connection back at once, so a request never holds two.
+    deactivated or deleted user loses access at once. The read gives its connection back
+    at once, so a request never holds two. (The token service and the database are
+    taken from the app directly: every dependency costs time on every request.)
     """
     if not token:
         raise NotAuthenticated()
+    tokens: TokenService = request.app.state.token_service
+    database: Database = request.app.state.database
     try:
         claims = tokens.read(token)
     except InvalidTokenError:
         raise NotAuthenticated("Invalid or expired token") from None
-    async with request.app.state.database.read_sessionmaker() as session:
-        user = await UserRepository(session).get_principal(claims.user_id)
+    user = await database.read(read_principal, claims.user_id)
     if user is None or not user.is_active:
         raise NotAuthenticated("Invalid or expired token")
     return user

@@ -4,30 +4,49 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import bindparam, case, delete, func, update
+from sqlalchemy import Connection, Table, bindparam, case, delete, func, update
+from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.db import as_dicts
 from app.models.user import LoginThrottle, Principal, User
 from app.repositories.errors import DuplicateKeyError, flush
 
-# Built once: authentication runs it on every request. SQLModel's select() is typed for
-# at most four columns; seven are fine at run time.
-_PRINCIPAL_BY_ID = select(*(col(getattr(User, field.name)) for field in fields(Principal))).where(
-    col(User.id) == bindparam("user_id")
+# Reads run through Database.read on plain SQLAlchemy Core statements, built once:
+# authentication runs one on every request, and Core rows skip the ORM's bookkeeping.
+USERS: Table = User.__table__  # type: ignore[attr-defined]
+_PRINCIPAL_COLUMNS = tuple(USERS.c[field.name] for field in fields(Principal))
+_PRINCIPAL_BY_ID = core_select(*_PRINCIPAL_COLUMNS).where(USERS.c.id == bindparam("user_id"))
+_PAGE = (
+    core_select(*_PRINCIPAL_COLUMNS)
+    .order_by(USERS.c.created_at, USERS.c.id)
+    .offset(bindparam("offset"))
+    .limit(bindparam("limit"))
 )
+_COUNT = core_select(func.count()).select_from(USERS)
+
+
+def read_principal(connection: Connection, user_id: uuid.UUID) -> Principal | None:
+    """The user as a request's caller (or an administrator's view of them): one SELECT
+    of the public columns, never the password hash."""
+    row = connection.execute(_PRINCIPAL_BY_ID, {"user_id": user_id}).first()
+    return None if row is None else Principal(*row)
+
+
+def read_user_page(
+    connection: Connection, offset: int, limit: int
+) -> tuple[list[dict[str, Any]], int]:
+    """A page of users, oldest first, as dicts of the public columns, and the total."""
+    rows = as_dicts(connection.execute(_PAGE, {"offset": offset, "limit": limit}))
+    return rows, connection.execute(_COUNT).scalar_one()
 
 
 class UserRepository:
     def __init__(self, session: AsyncSession) -> None:
         self.session = session
-
-    async def get_principal(self, user_id: uuid.UUID) -> Principal | None:
-        """The user as a request's caller: one SELECT of plain columns, no ORM object."""
-        result = await self.session.exec(_PRINCIPAL_BY_ID, params={"user_id": user_id})
-        row = result.first()
-        return None if row is None else Principal(*row)
 
     async def get(self, user_id: uuid.UUID, *, for_update: bool = False) -> User | None:
         # Session.get reuses one cached statement: cheaper than building a select.
@@ -47,13 +66,6 @@ class UserRepository:
     async def delete(self, user: User) -> None:
         await self.session.delete(user)
         await flush(self.session)
-
-    async def page(self, offset: int, limit: int) -> tuple[Sequence[User], int]:
-        rows = await self.session.exec(
-            select(User).order_by(col(User.created_at), col(User.id)).offset(offset).limit(limit)
-        )
-        total = await self.session.exec(select(func.count()).select_from(User))
-        return rows.all(), total.one()
 
     async def lock_active_with_role(self, role: str) -> Sequence[uuid.UUID]:
         """Lock the active users holding `role` until the transaction ends, and list them.

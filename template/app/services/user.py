@@ -1,21 +1,42 @@
 """Users managing themselves, and administrators managing users."""
 
 import uuid
-from collections.abc import Sequence
+from typing import Any
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.db import Database
 from app.core.roles import ADMIN_ROLE
 from app.core.security import PasswordHasher
 from app.models.types import utcnow
-from app.models.user import User
+from app.models.user import Principal, User
 from app.repositories.errors import DuplicateKeyError
-from app.repositories.user import UserRepository
+from app.repositories.user import UserRepository, read_principal, read_user_page
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserSelfUpdate
 from app.services.errors import EmailTaken, InvalidCredentials, LastAdministrator, NotFound
 
+USER_NOT_FOUND = "User not found"
+
+
+class UserReader:
+    """Reading users: no transaction, no ORM objects (see Database.read)."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def page(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        return await self.database.read(read_user_page, offset, limit)
+
+    async def get(self, user_id: uuid.UUID) -> Principal:
+        user = await self.database.read(read_principal, user_id)
+        if user is None:
+            raise NotFound(USER_NOT_FOUND)
+        return user
+
 
 class UserService:
+    """Changing users, each change in one transaction."""
+
     def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
         self.session = session
         self.users = UserRepository(session)
@@ -47,13 +68,10 @@ class UserService:
         await self.users.save(user)
         await self.session.commit()
 
-    async def page(self, offset: int, limit: int) -> tuple[Sequence[User], int]:
-        return await self.users.page(offset, limit)
-
     async def get(self, user_id: uuid.UUID) -> User:
         user = await self.users.get(user_id)
         if user is None:
-            raise NotFound("User not found")
+            raise NotFound(USER_NOT_FOUND)
         return user
 
     async def administer(self, user_id: uuid.UUID, changes: UserAdminUpdate) -> User:
@@ -89,7 +107,7 @@ class UserService:
         admins = await self.users.lock_active_with_role(ADMIN_ROLE)
         user = await self.users.get(user_id, for_update=True)
         if user is None:
-            raise NotFound("User not found")
+            raise NotFound(USER_NOT_FOUND)
         return user, any(admin_id != user.id for admin_id in admins)
 
 
