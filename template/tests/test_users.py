@@ -174,10 +174,14 @@ async def test_admin_lists_users_with_paging(
     first = await client.get(USERS, params={"limit": 2}, headers=admin.headers)
     second = await client.get(USERS, params={"offset": 2, "limit": 2}, headers=admin.headers)
     third = await client.get(USERS, params={"offset": 4, "limit": 2}, headers=admin.headers)
+    past_end = await client.get(USERS, params={"offset": 9, "limit": 2}, headers=admin.headers)
     assert first.status_code == 200
-    assert first.json()["total"] == 5
+    # Every page says the total, whether it is counted (a page with more after it, or
+    # past the end) or follows from a short last page.
+    assert [p.json()["total"] for p in (first, second, third, past_end)] == [5, 5, 5, 5]
     pages = [first.json()["items"], second.json()["items"], third.json()["items"]]
     assert [len(p) for p in pages] == [2, 2, 1]
+    assert past_end.json()["items"] == []
     ids = [u["id"] for p in pages for u in p]
     assert len(set(ids)) == 5
 

@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, CursorResult, exc
+from sqlalchemy import Connection, CursorResult, Select, exc
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 from sqlalchemy.util import await_only, greenlet_spawn
@@ -113,6 +113,27 @@ class Database:
 
     async def dispose(self) -> None:
         await self.engine.dispose()
+
+
+def read_page(
+    connection: Connection,
+    rows: Select[Any],
+    count: Select[Any],
+    params: dict[str, Any],
+    offset: int,
+    limit: int,
+) -> tuple[list[dict[str, Any]], int]:
+    """One page of `rows` (with `offset` and `limit` bound parameters) as dicts, and the
+    total that `count` counts.
+
+    The page is read with one row more than asked for: when that row is missing, this is
+    the last page and the total follows from it, so the count runs only for pages that
+    have more after them (or are past the end).
+    """
+    found = as_dicts(connection.execute(rows, {**params, "offset": offset, "limit": limit + 1}))
+    if len(found) <= limit and (found or offset == 0):
+        return found, offset + len(found)
+    return found[:limit], connection.execute(count, params).scalar_one()
 
 
 def as_dicts(result: CursorResult[Any]) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.core.db import as_dicts
+from app.core.db import read_page
 from app.models.user import LoginThrottle, Principal, User
 from app.repositories.errors import DuplicateKeyError, flush
 
@@ -40,8 +40,7 @@ def read_user_page(
     connection: Connection, offset: int, limit: int
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of users, oldest first, as dicts of the public columns, and the total."""
-    rows = as_dicts(connection.execute(_PAGE, {"offset": offset, "limit": limit}))
-    return rows, connection.execute(_COUNT).scalar_one()
+    return read_page(connection, _PAGE, _COUNT, {}, offset, limit)
 
 
 class UserRepository:

@@ -1,6 +1,5 @@
 """Request and response bodies for users and authentication."""
 
-import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -10,7 +9,7 @@ from pydantic.json_schema import SkipJsonSchema
 from app.core.roles import Role
 from app.core.security import PASSWORD_MAX_BYTES, PASSWORD_MIN_CHARS, password_problem
 from app.models.user import NAME_MAX_LENGTH
-from app.schemas.common import StrictModel, not_null
+from app.schemas.common import PublicId, StrictModel, not_null
 
 
 def _check_password(value: str) -> str:
@@ -42,7 +41,7 @@ class UserCreate(StrictModel):
 class UserPublic(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
-    id: uuid.UUID
+    id: PublicId
     email: str
     full_name: str | None
     role: str
