@@ -544,7 +544,7 @@ def parse_args(argv: Sequence[str]) -> Options:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra environment for the service, e.g. DB_POOL_SIZE=20 (repeatable)",
+        help="extra environment for the service, e.g. DB_POOL_SIZE=40 (repeatable)",
     )
     args = parser.parse_args(argv)
 
