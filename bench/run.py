@@ -113,7 +113,9 @@ class Benchmark:
                 )  # fmt: skip
             environment = self.describe(project)
 
-            server = Server(project, free_port(), opts.workers, work_dir / "uvicorn.log")
+            server = Server(
+                project, free_port(), opts.workers, work_dir / "uvicorn.log", loop=opts.loop
+            )
             with step(f"start uvicorn with {opts.workers} worker(s)"):
                 server.start()
             with step("seed over HTTP"):
@@ -420,7 +422,7 @@ class Benchmark:
     def report(self, environment: Environment) -> None:
         opts = self.options
         server_cmd = ["uvicorn", "app.main:app", "--workers", str(opts.workers)]
-        server_cmd += ["--no-access-log", "--loop", "uvloop", "--http", "httptools"]
+        server_cmd += ["--no-access-log", "--loop", opts.loop, "--http", "httptools"]
         environment = Environment(
             environment.machine,
             environment.versions,
@@ -485,6 +487,12 @@ def parse_args(argv: Sequence[str]) -> Options:
     add = parser.add_argument
     add("--database", choices=DATABASES, default="postgresql")
     add("--workers", type=int, default=1, help="uvicorn worker processes")
+    add(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="uvicorn's event loop; the rendered service runs asyncio's (docs/benchmarks.md)",
+    )
     add("--duration", type=int, default=10, help="seconds measured per run")
     add(
         "--warmup",
@@ -571,6 +579,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     return Options(
         database=args.database,
         workers=args.workers,
+        loop=args.loop,
         duration=args.duration,
         warmup=args.warmup,
         connections=connections,

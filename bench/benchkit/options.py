@@ -15,6 +15,7 @@ LARGE_WORKLOAD = "list-large"
 class Options:
     database: str
     workers: int
+    loop: str
     duration: int
     warmup: int
     connections: list[int]

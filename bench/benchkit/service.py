@@ -98,7 +98,9 @@ class Project:
 class Server:
     """uvicorn started as production starts it, in a process group of its own."""
 
-    def __init__(self, project: Project, port: int, workers: int, log_path: Path) -> None:
+    def __init__(
+        self, project: Project, port: int, workers: int, log_path: Path, *, loop: str
+    ) -> None:
         self.project = project
         self.port = port
         self.workers = workers
@@ -115,7 +117,7 @@ class Server:
             str(workers),
             "--no-access-log",
             "--loop",
-            "uvloop",
+            loop,
             "--http",
             "httptools",
         ]

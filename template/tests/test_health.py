@@ -1,15 +1,18 @@
-"""Liveness and readiness probes, and 503 answers while the database cannot be reached."""
+"""Liveness and readiness probes, 503 answers while the database cannot be reached, and
+what start-up does."""
 
 import asyncio
+import gc
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.engine import make_url
 
-from app.main import create_app
+from app.main import GC_THRESHOLDS, create_app
 from tests.conftest import make_settings
 
 
@@ -93,3 +96,15 @@ async def test_registration_answers_503_when_the_database_is_unreachable(
 
     assert response.status_code == 503
     assert set(response.json()) == {"detail"}
+
+
+async def test_start_up_freezes_what_it_built_and_collects_less_often(app: FastAPI) -> None:
+    before = gc.get_threshold()
+    gc.unfreeze()
+    try:
+        async with app.router.lifespan_context(app):
+            assert gc.get_threshold() == GC_THRESHOLDS
+            assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
