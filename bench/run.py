@@ -307,19 +307,21 @@ class Benchmark:
                 for name in workloads:
                     rate = rates.get("login" if name == "health-under-login" else name, 0.0)
                     warmup = self.warmup_for(connections, rate)
+                    timeout = self.timeout_for(connections, rate)
                     self.settle(server, meter)
                     before = meter.sample()
                     companion: WrkResult | None = None
                     if name == "health-under-login":
                         result, companion = self.health_under_login(
-                            wrk, requests, connections, warmup
+                            wrk, requests, connections, warmup, timeout
                         )
                     else:
                         request = self.resolve(server.base_url, requests[name])
                         label = f"{name}-c{connections}-r{repeat}"
                         before, result = self.measure_one(
-                            server, wrk, meter, request, connections, warmup, profiler, label
-                        )
+                            server, wrk, meter, request, connections, warmup, timeout,
+                            profiler, label,
+                        )  # fmt: skip
                     run = RunResult(
                         repeat, name, connections, result, meter.sample() - before,
                         health_rps, companion, reference=name in reference,
@@ -343,6 +345,20 @@ class Benchmark:
             return self.options.warmup
         return min(max(self.options.warmup, math.ceil(1.5 * connections / rate)), MAX_WARMUP_S)
 
+    def timeout_for(self, connections: int, rate: float) -> float:
+        """wrk's timeout for a run: --timeout, or twice the wait the closed loop itself
+        creates when that is longer.
+
+        With `connections` requests always in flight and `rate` completed per second,
+        each waits connections / rate seconds (Little's law): 256 logins at the hashing
+        limit of 10 per second wait 26 s however fast the service is. A shorter timeout
+        would count that queue as failures; twice the wait still catches a stall.
+        """
+        configured = self.options.wrk.timeout_s
+        if rate <= 0:
+            return configured
+        return max(configured, math.ceil(2 * connections / rate))
+
     def measure_one(
         self,
         server: Server,
@@ -351,13 +367,14 @@ class Benchmark:
         request: HttpRequest,
         connections: int,
         warmup: int,
+        timeout: float,
         profiler: Profiler | None,
         label: str,
     ) -> tuple[CpuSample, WrkResult]:
         """Run wrk (warm-up, then measurement); return the CPU sample taken when the
         measurement began, and the result."""
         duration = self.options.duration
-        proc = wrk.start(request, connections, duration, warmup=warmup)
+        proc = wrk.start(request, connections, duration, warmup=warmup, timeout_s=timeout)
         time.sleep(warmup)
         before = meter.sample()
         sampler = profiler.start(server, label, duration) if profiler else None
@@ -369,11 +386,19 @@ class Benchmark:
         return before, result
 
     def health_under_login(
-        self, wrk: Wrk, requests: dict[str, HttpRequest], connections: int, warmup: int
+        self,
+        wrk: Wrk,
+        requests: dict[str, HttpRequest],
+        connections: int,
+        warmup: int,
+        login_timeout: float,
     ) -> tuple[WrkResult, WrkResult]:
         """A light /health probe measured while a login wrk runs at full tilt."""
         opts = self.options
-        login = wrk.start(requests["login"], connections, opts.duration + 1, warmup=warmup)
+        login = wrk.start(
+            requests["login"], connections, opts.duration + 1, warmup=warmup,
+            timeout_s=login_timeout,
+        )  # fmt: skip
         try:
             time.sleep(warmup + 0.5)
             probe = wrk.start(

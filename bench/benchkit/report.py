@@ -353,7 +353,9 @@ def render_markdown(
         f"- Database: {opts.database}, a database created for the run; driver {driver}",
         "- " + ", ".join(f"{label} {v.get(key, '-')}" for label, key in VERSION_LABELS),
         (
-            f"- Load: {v.get('wrk')}, `-t{opts.wrk.threads}`, timeout {opts.wrk.timeout_s:g} s; "
+            f"- Load: {v.get('wrk')}, `-t{opts.wrk.threads}`, timeout {opts.wrk.timeout_s:g} s "
+            "(or twice connections / rate where the closed loop queues longer: logins at the "
+            "hashing limit); "
             f"{statuses}"
         ),
         (

@@ -85,10 +85,13 @@ class Wrk:
         warmup: int = 0,
         threads: int | None = None,
         delay_ms: float = 0,
+        timeout_s: float | None = None,
     ) -> subprocess.Popen[str]:
         """Start wrk for `warmup` + `duration` seconds (wrk takes whole seconds only);
-        responses are counted during the last `duration` seconds."""
+        responses are counted during the last `duration` seconds. `timeout_s` replaces
+        the configured timeout for this run."""
         threads = min(threads or self.settings.threads, connections)
+        timeout_s = timeout_s or self.settings.timeout_s
         duration += warmup
         cmd = [
             "wrk",
@@ -96,7 +99,7 @@ class Wrk:
             f"-c{connections}",
             f"-d{duration}s",
             "--timeout",
-            f"{self.settings.timeout_s:g}s",
+            f"{timeout_s:g}s",
             "-s",
             str(WRK_SCRIPT),
             self.base_url + request.path,
