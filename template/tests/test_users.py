@@ -2,6 +2,7 @@
 
 import asyncio
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 import pytest
@@ -23,6 +24,9 @@ async def test_read_me(client: AsyncClient, user: SignedIn) -> None:
     assert response.status_code == 200
     assert response.json()["id"] == user.id
     assert response.json()["role"] == DEFAULT_ROLE.value
+    created = datetime.fromisoformat(response.json()["created_at"])
+    assert created.utcoffset() == timedelta(0)
+    assert timedelta(0) <= datetime.now(UTC) - created < timedelta(minutes=1)
 
 
 async def test_reads_do_not_wait_for_an_open_write_transaction(

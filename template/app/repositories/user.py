@@ -12,13 +12,14 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import read_page
+from app.models.types import read_columns
 from app.models.user import LoginThrottle, Principal, User
 from app.repositories.errors import DuplicateKeyError, flush
 
 # Reads run through Database.read on plain SQLAlchemy Core statements, built once:
 # authentication runs one on every request, and Core rows skip the ORM's bookkeeping.
 USERS: Table = User.__table__  # type: ignore[attr-defined]
-_PRINCIPAL_COLUMNS = tuple(USERS.c[field.name] for field in fields(Principal))
+_PRINCIPAL_COLUMNS = read_columns(USERS.c[field.name] for field in fields(Principal))
 _PRINCIPAL_BY_ID = core_select(*_PRINCIPAL_COLUMNS).where(USERS.c.id == bindparam("user_id"))
 _PAGE = (
     core_select(*_PRINCIPAL_COLUMNS)
