@@ -514,9 +514,8 @@ def parse_args(argv: Sequence[str]) -> Options:
     add("--workers", type=int, default=1, help="uvicorn worker processes")
     add(
         "--loop",
-        choices=("asyncio", "uvloop"),
-        default="asyncio",
-        help="uvicorn's event loop; the rendered service runs asyncio's (docs/benchmarks.md)",
+        default="app.core.loop:new_event_loop",
+        help="uvicorn's --loop: the rendered service's own, or uvloop or asyncio to compare",
     )
     add("--duration", type=int, default=10, help="seconds measured per run")
     add(
