@@ -68,12 +68,13 @@ T = TypeVar("T")
 
 
 class Database:
-    """One engine, its session factory and its reader, created per application instance.
+    """One engine, its session factory, `read` and `write`, created per application instance.
 
-    `sessionmaker` opens transactional sessions, for anything that writes. `read` runs
-    queries that only read (the current user on every request, pages, single rows) on
-    the same pool, in the database's cheapest safe way to read: see READ_ONLY_OPTIONS in
-    app/core/dialect.py.
+    `sessionmaker` opens transactional sessions, for writes that load ORM objects and
+    change them. `read` runs queries that only read (the current user on every request,
+    pages, single rows) on the same pool, in the database's cheapest safe way to read: see
+    READ_ONLY_OPTIONS in app/core/dialect.py. `write` runs a change made of Core
+    statements (an insert) in a transaction of its own.
     """
 
     def __init__(self, settings: Settings) -> None:
