@@ -299,10 +299,11 @@ class Benchmark:
         for name in workloads:
             if name != "health-under-login":
                 expect(server.base_url, self.resolve(server.base_url, requests[name]), [200, 201])
+        # Warm-ups size themselves on the rate last measured for the workload.
+        rates: dict[str, float] = {"login": self.hash_limit_rps}
         for repeat in range(1, opts.repeat + 1):
             log(f"repeat {repeat} of {opts.repeat}: {', '.join(workloads)}")
-            rates: dict[str, float] = {"login": self.hash_limit_rps}
-            for connections in opts.connections:
+            for connections in connection_order(opts.connections, repeat):
                 health_rps: float | None = None
                 for name in workloads:
                     rate = rates.get("login" if name == "health-under-login" else name, 0.0)
@@ -476,6 +477,17 @@ class Benchmark:
                 render_markdown(opts, environment, summaries, checks, self.profiles) + kept
             )
             log(f"wrote {opts.output}" + (" (kept its Analysis section)" if kept else ""))
+
+
+def connection_order(connections: Sequence[int], repeat: int) -> list[int]:
+    """The connection counts in the given order in odd repeats and reversed in even ones.
+
+    The machine's speed drifts over the minutes a repeat takes. Measured in one order only,
+    the last connection count would always run on the most drifted machine; alternating
+    the order (A B C, C B A) gives every count the same mean time within a pair of repeats,
+    so a steady drift cancels out of the means that the targets compare.
+    """
+    return list(connections) if repeat % 2 else list(reversed(connections))
 
 
 def kept_analysis(path: Path) -> str:

@@ -366,6 +366,7 @@ def render_markdown(
             f"- Each run: {opts.warmup:g} s warm-up, then {opts.duration:g} s measured, after the "
             "server has finished the work earlier runs left queued; "
             f"{opts.repeat} repeat(s); connections {', '.join(map(str, opts.connections))}"
+            + (", in reverse order in even repeats" if opts.repeat > 1 else "")
         ),
         "",
         "## Results",

@@ -18,6 +18,7 @@ from starlette.routing import Match
 from app.api.router import api_router
 from app.api.routes import health
 from app.core import project
+from app.core.admission import AdmissionMiddleware
 from app.core.config import Settings, load_settings
 from app.core.db import Database
 from app.core.logging import configure_logging
@@ -81,9 +82,15 @@ def create_app(settings: Settings) -> FastAPI:
     _add_error_handlers(app)
 
     # Added last runs first. From the outside in: the request log sees every response;
-    # security and CORS headers go on every response, 413 and 500 included.
+    # security and CORS headers go on every response, 503, 413 and 500 included; requests
+    # beyond what the connection pool can serve wait at the door (app/core/admission.py).
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=settings.db_pool_size + settings.db_max_overflow,
+        timeout_seconds=settings.db_pool_timeout_seconds,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from passlib.context import CryptContext
 
 from app.core import tokens
+from app.core.admission import stepped_out
 from app.core.config import Settings
 
 # bcrypt reads at most 72 bytes of a password; longer ones are refused, never truncated.
@@ -70,7 +71,9 @@ class PasswordHasher:
         )
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        # The request gives its place in the application to another while it hashes.
+        async with stepped_out():
+            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

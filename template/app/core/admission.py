@@ -1,0 +1,128 @@
+"""Admission control: how many requests the application works on at once.
+
+A worker can use only as many database connections as its pool holds. Requests beyond
+that used to wait for a connection deep inside the application, each one already holding
+its parsed body, its dependencies and its session; with hundreds of connections open the
+CPU's caches could no longer hold all those half-done requests, and every request cost
+20-35% more CPU than with a few (docs/benchmarks.md). Here the surplus waits at the door
+instead, before any of that exists, so the cost of a request stays flat as load grows.
+
+Waiting is first come, first served, and bounded: a request not let in within the pool's
+timeout gets 503 with Retry-After, as one that waits too long for a connection does.
+"""
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from contextvars import ContextVar
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+RETRY_AFTER_SECONDS = 5
+
+
+class _Place:
+    """One admitted request's place inside the application."""
+
+    __slots__ = ("gate", "inside")
+
+    def __init__(self, gate: "AdmissionMiddleware") -> None:
+        self.gate = gate
+        self.inside = True
+
+    def leave(self) -> None:
+        if self.inside:
+            self.inside = False
+            self.gate._slots.release()
+
+    async def come_back(self) -> None:
+        # No timeout: the request is half done and first in line among those who
+        # arrive after it; failing it now would waste the work it has done.
+        await self.gate._slots.acquire()
+        self.inside = True
+
+
+_current_place: ContextVar[_Place | None] = ContextVar("admission_place", default=None)
+
+
+@asynccontextmanager
+async def stepped_out() -> AsyncIterator[None]:
+    """Give the current request's place back while it waits for something else.
+
+    Password hashing runs on a few threads of its own, at about ten hashes a second per
+    core. A login waiting there needs no database connection; holding its place meanwhile
+    would let a burst of logins shut every other request out. Outside a request (the CLI,
+    tests that call services directly) this does nothing.
+    """
+    place = _current_place.get()
+    if place is None or not place.inside:
+        yield
+        return
+    place.leave()
+    try:
+        yield
+    finally:
+        await place.come_back()
+
+
+class AdmissionMiddleware:
+    """At most `limit` HTTP requests inside the application; the rest queue in order.
+
+    Paths starting with one of `exempt_prefixes` (the health checks) skip the queue, so a
+    liveness probe answers even when the service is saturated.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        limit: int,
+        timeout_seconds: float,
+        exempt_prefixes: tuple[str, ...] = ("/health",),
+    ) -> None:
+        self.app = app
+        self.limit = limit
+        self.timeout_seconds = timeout_seconds
+        self.exempt_prefixes = exempt_prefixes
+        self._slots = asyncio.Semaphore(limit)  # first come, first served
+        self.waiting = 0  # requests waiting at the door now
+        self._busy_body = json.dumps({"detail": "The service is busy; try again shortly"}).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
+            await self.app(scope, receive, send)
+            return
+        if not await self._enter():
+            await self._busy(send)
+            return
+        place = _Place(self)
+        token = _current_place.set(place)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            _current_place.reset(token)
+            place.leave()
+
+    async def _enter(self) -> bool:
+        if not self._slots.locked():
+            await self._slots.acquire()  # free: returns without waiting
+            return True
+        self.waiting += 1
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                await self._slots.acquire()
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.waiting -= 1
+
+    async def _busy(self, send: Send) -> None:
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(self._busy_body)).encode()),
+            (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": self._busy_body})
