@@ -4,7 +4,7 @@ A worker can use only as many database connections as its pool holds. Requests b
 that used to wait for a connection deep inside the application, each one already holding
 its parsed body, its dependencies and its session; with hundreds of connections open the
 CPU's caches could no longer hold all those half-done requests, and every request cost
-20-35% more CPU than with a few (docs/benchmarks.md). Here the surplus waits at the door
+up to a third more CPU than with a few (docs/benchmarks.md). Here the surplus waits at the door
 instead, before any of that exists, so the cost of a request stays flat as load grows.
 
 Waiting is first come, first served, and bounded: a request not let in within the pool's
