@@ -18,7 +18,7 @@ from starlette.routing import Match
 from app.api.router import api_router
 from app.api.routes import health
 from app.core import project
-from app.core.admission import AdmissionMiddleware
+from app.core.admission import RETRY_AFTER_SECONDS, AdmissionMiddleware
 from app.core.config import Settings, load_settings
 from app.core.db import Database
 from app.core.logging import configure_logging
@@ -147,7 +147,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "The database is unavailable; try again shortly"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
     app.add_exception_handler(errors.DomainError, domain_error)

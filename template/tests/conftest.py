@@ -1,5 +1,6 @@
 """Fixtures: a migrated test database, an app per test, clients and signed-in users."""
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from app.main import create_app
 from app.models.user import User
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A guard against hanging, not a measurement: every step normally takes milliseconds.
+GUARD_SECONDS = 30
 PASSWORD = "correct horse battery"
 TEST_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
 
@@ -38,6 +41,15 @@ def test_database_url() -> str:
         return TestEnvironment().test_database_url
     except ValueError:
         pytest.exit("Set TEST_DATABASE_URL (see .env.example); its tables are emptied by the tests")
+
+
+async def wait_until(condition: Callable[[], object], what: str) -> None:
+    """Turn the event loop until `condition()` is true; fail, naming `what`, if it never is."""
+    for _ in range(10_000):  # a few turns of the event loop are enough
+        if condition():
+            return
+        await asyncio.sleep(0)
+    pytest.fail(f"{what} never happened")
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

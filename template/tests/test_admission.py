@@ -13,10 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.core.admission import AdmissionMiddleware
 from app.core.config import Settings
-from tests.conftest import PASSWORD, MakeUser, make_settings
-
-# A guard against hanging, not a measurement: every step normally takes milliseconds.
-GUARD_SECONDS = 30
+from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, make_settings, wait_until
 
 
 @pytest.fixture
@@ -53,14 +50,6 @@ async def call(app: Any, path: str) -> tuple[int, dict[bytes, bytes], bytes]:
     return start["status"], dict(start["headers"]), body["body"]
 
 
-async def wait_until(condition: Any) -> None:
-    for _ in range(10_000):  # a few turns of the event loop are enough
-        if condition():
-            return
-        await asyncio.sleep(0)
-    pytest.fail("the condition never came true")
-
-
 async def test_requests_beyond_the_limit_enter_one_by_one_in_arrival_order() -> None:
     inside: list[str] = []
     entered: list[str] = []
@@ -81,7 +70,9 @@ async def test_requests_beyond_the_limit_enter_one_by_one_in_arrival_order() -> 
         calls = []
         for path in ("/first", "/second", "/third"):
             calls.append(asyncio.create_task(call(gate, path)))
-            await wait_until(lambda: len(entered) + gate.waiting == len(calls))
+            await wait_until(
+                lambda: len(entered) + gate.waiting == len(calls), f"{path} entering or waiting"
+            )
         assert entered == ["/first"]
         assert gate.waiting == 2
         release.set()

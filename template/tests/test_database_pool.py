@@ -8,9 +8,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from app.core.config import Settings
 from app.core.db import Database, FairAsyncQueuePool
-
-# A guard against hanging, not a measurement: every step normally takes milliseconds.
-GUARD_SECONDS = 30
+from tests.conftest import GUARD_SECONDS, wait_until
 
 
 async def test_a_returned_connection_goes_to_the_request_waiting_longest(
@@ -28,12 +26,7 @@ async def test_a_returned_connection_goes_to_the_request_waiting_longest(
     async def scenario() -> None:
         held = await database.engine.connect()  # the only connection
         waiter = asyncio.create_task(use("waiting"))
-        for _ in range(10_000):  # a few turns of the event loop are enough
-            if pool.waiting:
-                break
-            await asyncio.sleep(0)
-        else:
-            pytest.fail("the second checkout never started waiting")
+        await wait_until(lambda: pool.waiting, "the second checkout waiting")
         # Give the connection back and ask for one at once, before the waiter has run:
         # a pool that lets newcomers go first hands it to the newcomer.
         await held.close()

@@ -30,7 +30,7 @@ async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
 
 async def get_database(request: Request) -> Database:
     """The database, for work outside the request's session: Database.read, and
-    Database.write for a change with nothing to load first."""
+    Database.write_one for a change with nothing to load first."""
     database: Database = request.app.state.database
     return database
 

@@ -19,6 +19,9 @@ from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.core.middleware import send_json
+
+# What a 503 tells the client to wait before trying again, here and in app/main.py.
 RETRY_AFTER_SECONDS = 5
 
 
@@ -119,10 +122,5 @@ class AdmissionMiddleware:
             self.waiting -= 1
 
     async def _busy(self, send: Send) -> None:
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(self._busy_body)).encode()),
-            (b"retry-after", str(RETRY_AFTER_SECONDS).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": self._busy_body})
+        retry_after = (b"retry-after", str(RETRY_AFTER_SECONDS).encode())
+        await send_json(send, 503, self._busy_body, (retry_after,))

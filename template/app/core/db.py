@@ -73,14 +73,14 @@ T = TypeVar("T")
 
 
 class Database:
-    """One engine, its session factory, `read` and `write`, created per application instance.
+    """One engine, its session factory, `read` and `write_one`, created per application instance.
 
     `sessionmaker` opens transactional sessions, for writes that load ORM objects and
     change them. `read` runs queries that only read (the current user on every request,
     pages, single rows) on the same pool, in the database's cheapest safe way to read: see
-    READ_ONLY_OPTIONS in app/core/dialect.py. `write` runs a change made of Core
-    statements in a transaction of its own, and `write_one` a change of one statement
-    (an insert), in autocommit where that saves round trips.
+    READ_ONLY_OPTIONS in app/core/dialect.py. `write_one` runs a change of one Core
+    statement (an insert) as a transaction of its own, in autocommit where that saves
+    round trips.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -119,22 +119,17 @@ class Database:
         """
         return await greenlet_spawn(self._read, lambda conn: query(conn, *args, **kwargs))
 
-    async def write(
-        self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
-    ) -> T:
-        """Run `change(connection, *args, **kwargs)` in a transaction of its own: committed
-        when it returns, rolled back if it raises. In one greenlet, as `read`: for changes
-        made of Core statements, with no ORM object to load first (an insert)."""
-        return await greenlet_spawn(self._write, lambda conn: change(conn, *args, **kwargs))
-
     async def write_one(
         self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """As `write`, for a `change` that executes exactly one statement (an insert).
+        """Run `change(connection, *args, **kwargs)`, which executes exactly one statement
+        (an insert), as a transaction of its own. In one greenlet, as `read`: for a change
+        with no ORM object to load first.
 
         One statement is atomic by itself, so where the database allows it cheaply it runs
         in autocommit: one round trip instead of BEGIN, the statement and COMMIT (see
-        SINGLE_STATEMENT_OPTIONS in app/core/dialect.py).
+        SINGLE_STATEMENT_OPTIONS in app/core/dialect.py). Elsewhere it runs in a
+        transaction: committed when it returns, rolled back if it raises.
         """
         return await greenlet_spawn(self._write_one, lambda conn: change(conn, *args, **kwargs))
 
@@ -142,13 +137,10 @@ class Database:
         with self._read_engine.connect() as connection:
             return query(connection)
 
-    def _write(self, change: Callable[[Connection], T]) -> T:
-        with self.engine.sync_engine.begin() as connection:
-            return change(connection)
-
     def _write_one(self, change: Callable[[Connection], T]) -> T:
         if self._single_statement_engine is None:
-            return self._write(change)
+            with self.engine.sync_engine.begin() as connection:
+                return change(connection)
         with self._single_statement_engine.connect() as connection:
             return change(connection)
 

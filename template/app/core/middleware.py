@@ -61,6 +61,19 @@ class RequestLogMiddleware:
             )
 
 
+async def send_json(
+    send: Send, status: int, body: bytes, extra_headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> None:
+    """Answer with a ready-made JSON `body`, from middleware that runs outside FastAPI."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra_headers,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _header(scope: Scope, name: bytes) -> bytes | None:
     """The first value of a request header; `name` in lower case, as ASGI gives it."""
     return next((value for key, value in scope["headers"] if key == name), None)
@@ -105,12 +118,7 @@ class UnhandledErrorMiddleware:
             logger.exception("unhandled error", extra={"request_id": request_id})
             if response_started:
                 raise
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(self.body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": 500, "headers": headers})
-            await send({"type": "http.response.body", "body": self.body})
+            await send_json(send, 500, self.body)
 
 
 class SecurityHeadersMiddleware:
@@ -199,13 +207,7 @@ class BodySizeLimitMiddleware:
         body = json.dumps(
             {"detail": f"Request body is larger than {self.max_bytes} bytes"}
         ).encode()
-        headers: list[tuple[bytes, bytes]] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, body, ((b"connection", b"close"),))
 
 
 def _content_length(scope: Scope) -> int | None:
