@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.routing import Match
@@ -18,9 +18,11 @@ from starlette.routing import Match
 from app.api.router import api_router
 from app.api.routes import health
 from app.core import project
-from app.core.admission import RETRY_AFTER_SECONDS, AdmissionMiddleware
+from app.core.admission import RETRY_AFTER_SECONDS, AdmissionMiddleware, ServiceBusy, stepped_out
+from app.core.client import ClientAddresses
 from app.core.config import Settings, load_settings
 from app.core.db import Database
+from app.core.dialect import is_unavailable
 from app.core.logging import configure_logging
 from app.core.middleware import (
     REQUEST_ID_HEADER,
@@ -29,7 +31,7 @@ from app.core.middleware import (
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
 )
-from app.core.security import PasswordHasher, TokenService
+from app.core.security import HashingBusy, PasswordHasher, TokenService
 from app.services import errors
 
 logger = logging.getLogger(__name__)
@@ -74,7 +76,11 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = Database(settings)
-    app.state.password_hasher = PasswordHasher(settings.bcrypt_rounds)
+    # While a request waits for a hash, its admission place goes to another request.
+    app.state.password_hasher = PasswordHasher(
+        settings.bcrypt_rounds, queue_limit=settings.hashing_queue_limit, waiting=stepped_out
+    )
+    app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
     app.state.token_service = TokenService(settings)
 
     app.include_router(health.router)
@@ -142,31 +148,46 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(methods)}
         )
 
+    retry_after = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+
+    async def busy(request: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse(
+            {"detail": "The service is busy; try again shortly"},
+            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers=retry_after,
+        )
+
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.error("database unavailable: %s: %s", type(exc).__name__, getattr(exc, "orig", exc))
         return JSONResponse(
             {"detail": "The database is unavailable; try again shortly"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+            headers=retry_after,
         )
+
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        # Only a failure to reach the database is an outage; any other error is a bug,
+        # answered with a 500 and logged with its traceback (app/core/middleware.py).
+        assert isinstance(exc, DBAPIError)  # noqa: S101  # registered for DBAPIError
+        if is_unavailable(exc):
+            return await database_unavailable(request, exc)
+        raise exc
 
     app.add_exception_handler(errors.DomainError, domain_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, method_not_allowed)
-    for kind in _DATABASE_UNAVAILABLE:
+    app.add_exception_handler(HashingBusy, busy)
+    app.add_exception_handler(ServiceBusy, busy)
+    app.add_exception_handler(DBAPIError, database_error)
+    for kind in _DATABASE_UNREACHABLE:
         app.add_exception_handler(kind, database_unavailable)
 
 
 _HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
-# Failures to reach or keep a database connection (and lock timeouts or deadlocks, which
-# a retry resolves), as opposed to errors in a query itself.
-_DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    OperationalError,
-    InterfaceError,
-    PoolTimeoutError,
-    OSError,
-)
+# Failures to get a connection at all: none free in the pool in time, or the server
+# refused, reset or never answered the connection.
+_DATABASE_UNREACHABLE: tuple[type[Exception], ...] = (PoolTimeoutError, ConnectionError)
 
 
 def __getattr__(name: str) -> Any:

@@ -2,14 +2,16 @@
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import uvicorn
 from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI
-from httpx import ASGITransport, AsyncClient
+from httpx import ASGITransport, AsyncClient, AsyncHTTPTransport
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import SQLModel
@@ -61,6 +63,11 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "log_level": "WARNING",
         "db_pool_size": 5,
         "db_max_overflow": 30,
+        # Every test client comes from one address: the limits per address and per
+        # account are tested on their own, with their own values (tests/test_throttling.py).
+        "login_max_failures_per_address": 10_000,
+        "login_max_failures_per_account": 10_000,
+        "register_max_per_address_per_hour": 10_000,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -103,6 +110,33 @@ async def client(app: FastAPI) -> AsyncIterator[AsyncClient]:
         yield http
 
 
+@asynccontextmanager
+async def serving(app: FastAPI) -> AsyncIterator[str]:
+    """`app` served by uvicorn on a real loopback socket, as in production (no proxy
+    headers: the app decides whom to trust); yields the base URL."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, lifespan="off", proxy_headers=False, log_config=None
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(GUARD_SECONDS):
+            while not server.started and not task.done():  # noqa: ASYNC110  # uvicorn has no event
+                await asyncio.sleep(0.01)
+        assert server.started, task
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(task, GUARD_SECONDS)
+
+
+def client_from(address: str, base_url: str) -> AsyncClient:
+    """A client whose connections leave from `address` (any of 127.0.0.0/8)."""
+    transport = AsyncHTTPTransport(local_address=address)
+    return AsyncClient(transport=transport, base_url=base_url)
+
+
 @dataclass
 class SignedIn:
     id: str
@@ -125,7 +159,7 @@ def make_user(app: FastAPI, client: AsyncClient) -> MakeUser:
         nonlocal counter
         counter += 1
         email = email or f"{role.value}{counter}@example.com"
-        hasher = PasswordHasher(rounds=4)
+        hasher: PasswordHasher = app.state.password_hasher
         async with app.state.database.sessionmaker() as session:
             user = User(email=email, hashed_password=await hasher.hash(password), role=role)
             session.add(user)

@@ -226,7 +226,11 @@ async def test_unexpected_error_answers_500_without_internals(app: FastAPI) -> N
         response = await http.get("/api/v1/users/me", headers={"Authorization": "Bearer x"})
 
     assert response.status_code == 500
-    assert response.json() == {"detail": "Internal server error"}
+    # The request id in the body is the one in the log record and in the header.
+    assert response.json() == {
+        "detail": "Internal server error",
+        "request_id": response.headers["x-request-id"],
+    }
     assert "Traceback" not in response.text
     assert "internal detail" not in response.text
 

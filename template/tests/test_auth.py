@@ -114,7 +114,7 @@ async def test_wrong_password_and_unknown_email_get_the_same_401(client: AsyncCl
     assert wrong.headers["www-authenticate"] == unknown.headers["www-authenticate"] == "Bearer"
 
 
-@pytest.mark.parametrize("password", ["€" * 30, "a" * 100, "pass\x00word"])
+@pytest.mark.parametrize("password", ["€" * 30, "a" * 100])
 async def test_login_with_an_unhashable_password_is_401_not_500(
     client: AsyncClient, password: str
 ) -> None:

@@ -7,6 +7,7 @@ from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.client import ClientAddresses
 from app.core.config import Settings
 from app.core.db import Database
 from app.core.roles import ADMIN_ROLE, Role
@@ -50,11 +51,19 @@ async def get_token_service(request: Request) -> TokenService:
     return tokens
 
 
+async def get_client_address(request: Request) -> str:
+    """The client's address: the peer, or whom a trusted proxy forwarded for."""
+    addresses: ClientAddresses = request.app.state.client_addresses
+    peer = request.client.host if request.client else None
+    return addresses.resolve(peer, request.headers.getlist("x-forwarded-for"))
+
+
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
+ClientAddress = Annotated[str, Depends(get_client_address)]
 
 # auto_error=False: a missing token is reported by get_current_user, in the same
 # shape as an invalid one.

@@ -25,6 +25,10 @@ from app.core.middleware import send_json
 RETRY_AFTER_SECONDS = 5
 
 
+class ServiceBusy(Exception):
+    """A request that stepped out could not come back in within the timeout."""
+
+
 class _Place:
     """One admitted request's place inside the application."""
 
@@ -40,9 +44,13 @@ class _Place:
             self.gate._slots.release()
 
     async def come_back(self) -> None:
-        # No timeout: the request is half done and first in line among those who
-        # arrive after it; failing it now would waste the work it has done.
-        await self.gate._slots.acquire()
+        # Bounded like the first entry: a request that cannot get back in gets a 503
+        # rather than waiting behind a queue that does not move.
+        try:
+            async with asyncio.timeout(self.gate.timeout_seconds):
+                await self.gate._slots.acquire()
+        except TimeoutError:
+            raise ServiceBusy() from None
         self.inside = True
 
 
@@ -56,7 +64,8 @@ async def stepped_out() -> AsyncIterator[None]:
     Password hashing runs on a few threads of its own, at about ten hashes a second per
     core. A login waiting there needs no database connection; holding its place meanwhile
     would let a burst of logins shut every other request out. Outside a request (the CLI,
-    tests that call services directly) this does nothing.
+    tests that call services directly) this does nothing. Coming back waits at most the
+    admission timeout, then raises ServiceBusy (a 503).
     """
     place = _current_place.get()
     if place is None or not place.inside:

@@ -2,6 +2,7 @@
 
 import json
 from functools import lru_cache
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -53,9 +54,21 @@ class Settings(BaseSettings):
     access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
     bcrypt_rounds: int = Field(default=12, ge=4, le=31)
 
-    # Failed logins per account before it is locked, and for how long.
+    # Failed logins for one account from one client address before that pair is locked,
+    # and the window they are counted in (which is also how long the lock lasts).
     login_max_failures: int = Field(default=5, ge=1)
     login_lockout_minutes: int = Field(default=15, ge=1)
+    # Failed logins from one address, whichever accounts they name, in the same window.
+    login_max_failures_per_address: int = Field(default=50, ge=1)
+    # Failed logins for one account from all addresses together, per hour.
+    login_max_failures_per_account: int = Field(default=100, ge=1)
+    # Registrations attempted from one address per hour, refused ones included.
+    register_max_per_address_per_hour: int = Field(default=20, ge=1)
+    # Logins and registrations waiting for a password hash before new ones get 503; by
+    # default about HASHING_QUEUE_SECONDS of work at the configured bcrypt cost.
+    hashing_queue_limit: int | None = Field(default=None, ge=1)
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client.
+    trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
 
     cors_origins: Annotated[list[str], NoDecode] = [
         "http://localhost:3000",
@@ -81,6 +94,19 @@ class Settings(BaseSettings):
             if text.startswith("["):
                 return json.loads(text)
             return [origin.strip() for origin in text.split(",") if origin.strip()]
+        return value
+
+    @field_validator("trusted_proxies", mode="before")
+    @classmethod
+    def _parse_proxies(cls, value: Any) -> Any:
+        # A comma-separated list of addresses or networks: "10.0.0.0/8, 192.168.1.7".
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list):
+            try:
+                return [ip_network(part, strict=False) for part in value]
+            except ValueError as exc:
+                raise ValueError(f"not an IP address or network: {exc}") from None
         return value
 
     @model_validator(mode="after")

@@ -4,9 +4,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import Connection, CursorResult, Select, exc
+from sqlalchemy import Connection, CursorResult, Select, exc, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
 from sqlalchemy.util import await_only, greenlet_spawn
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -92,6 +92,8 @@ class Database:
             "max_overflow": settings.db_max_overflow,
             "pool_timeout": settings.db_pool_timeout_seconds,
             "poolclass": FairAsyncQueuePool,
+            # Errors and logs never show a statement's values (password hashes among them).
+            "hide_parameters": True,
             **engine_options(),
         }
         self.engine: AsyncEngine = create_async_engine(settings.database_url, **options)
@@ -99,6 +101,11 @@ class Database:
         # Objects stay readable after commit: async code cannot lazily reload them.
         self.sessionmaker = async_sessionmaker(
             self.engine, class_=AsyncSession, expire_on_commit=False
+        )
+        # Readiness probes connect afresh, outside the pool, so that they answer at once
+        # even when every pooled connection is busy.
+        self._probe_engine = create_async_engine(
+            settings.database_url, poolclass=NullPool, hide_parameters=True, **engine_options()
         )
         self._read_engine = self.engine.execution_options(**READ_ONLY_OPTIONS).sync_engine
         self._single_statement_engine = (
@@ -144,8 +151,15 @@ class Database:
         with self._single_statement_engine.connect() as connection:
             return change(connection)
 
+    async def ping(self, timeout_seconds: float) -> None:
+        """Run SELECT 1 on a connection of its own; raise if that takes longer than
+        `timeout_seconds` or fails."""
+        async with asyncio.timeout(timeout_seconds), self._probe_engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
     async def dispose(self) -> None:
         await self.engine.dispose()
+        await self._probe_engine.dispose()
 
 
 def read_page(

@@ -94,8 +94,6 @@ class UnhandledErrorMiddleware:
     It sits inside the CORS and header middleware, so the 500 carries their headers too.
     """
 
-    body = b'{"detail":"Internal server error"}'
-
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
@@ -118,7 +116,9 @@ class UnhandledErrorMiddleware:
             logger.exception("unhandled error", extra={"request_id": request_id})
             if response_started:
                 raise
-            await send_json(send, 500, self.body)
+            # The request id lets whoever reports the error point at its log record.
+            body = {"detail": "Internal server error", "request_id": request_id}
+            await send_json(send, 500, json.dumps(body).encode())
 
 
 class SecurityHeadersMiddleware:

@@ -2,12 +2,14 @@
 
 import asyncio
 import contextlib
+import math
 import os
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -16,7 +18,6 @@ from typing import Any, TypeVar
 from passlib.context import CryptContext
 
 from app.core import tokens
-from app.core.admission import stepped_out
 from app.core.config import Settings
 
 # bcrypt reads at most 72 bytes of a password; longer ones are refused, never truncated.
@@ -24,22 +25,31 @@ PASSWORD_MAX_BYTES = 72
 PASSWORD_MIN_CHARS = 8
 
 
+def _utf8_length(password: str) -> int | None:
+    """The password's length in UTF-8, or None if it holds a lone surrogate."""
+    try:
+        return len(password.encode())
+    except UnicodeEncodeError:
+        return None
+
+
 def password_problem(password: str) -> str | None:
     """Why a new password is unacceptable, or None when it is fine."""
     if len(password) < PASSWORD_MIN_CHARS:
         return f"password must be at least {PASSWORD_MIN_CHARS} characters"
-    if len(password.encode()) > PASSWORD_MAX_BYTES:
-        return (
-            f"password must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8 "
-            f"(this one is {len(password.encode())} bytes)"
-        )
+    size = _utf8_length(password)
+    if size is None:
+        return "password must be valid Unicode (it holds a lone surrogate)"
+    if size > PASSWORD_MAX_BYTES:
+        return f"password must be at most {PASSWORD_MAX_BYTES} bytes in UTF-8 (this one is {size})"
     if "\x00" in password:
         return "password must not contain NUL characters"
     return None
 
 
 def _hashable(password: str) -> bool:
-    return len(password.encode()) <= PASSWORD_MAX_BYTES and "\x00" not in password
+    size = _utf8_length(password)
+    return size is not None and size <= PASSWORD_MAX_BYTES and "\x00" not in password
 
 
 T = TypeVar("T")
@@ -55,25 +65,67 @@ def _lower_thread_priority() -> None:
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
 
 
+# A hash at bcrypt cost 12 takes about this long on one core of a current server; each
+# step of the cost doubles it.
+SECONDS_PER_HASH_AT_COST_12 = 0.3
+# How much hashing work may wait, by default: beyond it, a new login is refused at once
+# (503) rather than queued behind minutes of others.
+HASHING_QUEUE_SECONDS = 3.0
+
+
+def default_queue_limit(rounds: int, cores: int) -> int:
+    """About HASHING_QUEUE_SECONDS of hashing on `cores` threads at cost `rounds`."""
+    seconds_per_hash = SECONDS_PER_HASH_AT_COST_12 * 2.0 ** (rounds - 12)
+    return max(2 * cores, math.ceil(HASHING_QUEUE_SECONDS * cores / seconds_per_hash))
+
+
+class HashingBusy(Exception):
+    """More password checks are waiting than the hashing queue admits."""
+
+
 class PasswordHasher:
     """bcrypt through passlib, on threads of its own so the event loop stays free.
 
     One thread per core: more would only queue inside the kernel, and fewer would leave
-    cores idle while logins wait.
+    cores idle while logins wait. At most `queue_limit` hashes are pending (waiting or
+    running) at once; beyond that a new one raises HashingBusy at once.
+
+    `waiting` wraps each wait for a hash: the service gives a request's admission place
+    back there (app/core/admission.py), and the hasher itself knows nothing of HTTP.
     """
 
-    def __init__(self, rounds: int) -> None:
+    def __init__(
+        self,
+        rounds: int,
+        *,
+        queue_limit: int | None = None,
+        waiting: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+    ) -> None:
         self._context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
+        cores = os.cpu_count() or 1
         self._executor = ThreadPoolExecutor(
-            max_workers=os.cpu_count() or 1,
+            max_workers=cores,
             thread_name_prefix="password-hashing",
             initializer=_lower_thread_priority,
         )
+        self.queue_limit = queue_limit or default_queue_limit(rounds, cores)
+        self._pending = 0
+        self._waiting = waiting or contextlib.nullcontext
+
+    def check_capacity(self) -> None:
+        """Raise HashingBusy now if a hash asked for now would be refused."""
+        if self._pending >= self.queue_limit:
+            raise HashingBusy()
 
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
-        # The request gives its place in the application to another while it hashes.
-        async with stepped_out():
-            return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
+        self.check_capacity()
+        self._pending += 1
+        try:
+            async with self._waiting():
+                loop = asyncio.get_running_loop()
+                return await loop.run_in_executor(self._executor, function, *args)
+        finally:
+            self._pending -= 1
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

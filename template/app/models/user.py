@@ -1,4 +1,4 @@
-"""Users and their login throttling state."""
+"""Users, and the caller of a request."""
 
 import uuid
 from dataclasses import dataclass
@@ -9,6 +9,8 @@ from sqlmodel import Field, SQLModel
 from app.models.types import UTCDateTime, utcnow
 
 EMAIL_MAX_LENGTH = 255
+# The longest address RFC 5321 (and email-validator) accepts: what requests may send.
+EMAIL_MAX_CHARS = 254
 NAME_MAX_LENGTH = 255
 ROLE_MAX_LENGTH = 32
 
@@ -41,14 +43,3 @@ class Principal:
     role: str
     is_active: bool
     created_at: datetime
-
-
-class LoginThrottle(SQLModel, table=True):
-    """Failed logins per email, kept in the database so every worker process sees them."""
-
-    __tablename__ = "login_throttle"
-
-    email: str = Field(primary_key=True, max_length=EMAIL_MAX_LENGTH)
-    failures: int = Field(default=0)
-    last_failure_at: datetime = Field(sa_type=UTCDateTime)
-    locked_until: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -1,20 +1,19 @@
-"""Queries on users and login throttling."""
+"""Queries on users."""
 
 import uuid
 from collections.abc import Sequence
 from dataclasses import fields
-from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, case, delete, func, update
+from sqlalchemy import Connection, Table, bindparam, func
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.db import read_page
 from app.models.types import read_columns
-from app.models.user import LoginThrottle, Principal, User
-from app.repositories.errors import DuplicateKeyError, flush
+from app.models.user import Principal, User
+from app.repositories.errors import flush
 
 # Reads run through Database.read on plain SQLAlchemy Core statements, built once:
 # authentication runs one on every request, and Core rows skip the ORM's bookkeeping.
@@ -80,49 +79,3 @@ class UserRepository:
             .with_for_update()
         )
         return (await self.session.exec(statement)).all()
-
-
-class LoginThrottleRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
-
-    async def locked_until(self, email: str) -> datetime | None:
-        statement = select(LoginThrottle.locked_until).where(LoginThrottle.email == email)
-        return (await self.session.exec(statement)).first()
-
-    async def record_failure(self, email: str, now: datetime, window: timedelta) -> int:
-        """Count one failed login atomically and return the failures within `window`."""
-        increment = (
-            update(LoginThrottle)
-            .where(col(LoginThrottle.email) == email)
-            .values(
-                failures=case(
-                    (col(LoginThrottle.last_failure_at) < now - window, 1),
-                    else_=col(LoginThrottle.failures) + 1,
-                ),
-                last_failure_at=now,
-            )
-        )
-        result = await self.session.exec(increment)
-        if result.rowcount == 0:
-            try:
-                await self._insert_first_failure(email, now)
-            except DuplicateKeyError:
-                # Another request inserted the row first: count on top of it.
-                await self.session.exec(increment)
-        statement = select(LoginThrottle.failures).where(LoginThrottle.email == email)
-        return (await self.session.exec(statement)).one()
-
-    async def _insert_first_failure(self, email: str, now: datetime) -> None:
-        self.session.add(LoginThrottle(email=email, failures=1, last_failure_at=now))
-        await flush(self.session)
-
-    async def lock(self, email: str, until: datetime) -> None:
-        await self.session.exec(
-            update(LoginThrottle)
-            .where(col(LoginThrottle.email) == email)
-            .values(failures=0, locked_until=until)
-        )
-
-    async def clear(self, email: str) -> None:
-        await self.session.exec(delete(LoginThrottle).where(col(LoginThrottle.email) == email))

@@ -1,9 +1,17 @@
 """Shapes shared by several resources: pages and page parameters."""
 
+import re
 import uuid
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
 
 MAX_PAGE_SIZE = 100
 # Far beyond any real page, and small enough for every database's OFFSET type.
@@ -18,6 +26,28 @@ PublicId = Annotated[
     PlainSerializer(str, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "uuid"}),
 ]
+
+
+# A lone surrogate is not a character: no database can store it, nor UTF-8 encode it.
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_text(value: Any) -> Any:
+    """Refuse text that a database would refuse: NUL (PostgreSQL cannot store it) and
+    lone surrogates (which no UTF-8 encoder accepts). Other types pass through."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise ValueError("must not contain NUL characters")
+        if _LONE_SURROGATE.search(value):
+            raise ValueError("must not contain lone surrogates (invalid Unicode)")
+    return value
+
+
+# Every string a request sends carries this check, after a length bound of its own that
+# is at most its column's, so every database stores what the schema accepts:
+# Annotated[str, Field(max_length=...), Storable]. (After the bound, so that the bound
+# stays in the schema's own string check.)
+Storable = BeforeValidator(check_text)
 
 
 class PageParams(BaseModel):

@@ -3,13 +3,20 @@
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, EmailStr, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    EmailStr,
+    Field,
+    field_validator,
+)
 from pydantic.json_schema import SkipJsonSchema
 
 from app.core.roles import Role
 from app.core.security import PASSWORD_MAX_BYTES, PASSWORD_MIN_CHARS, password_problem
-from app.models.user import NAME_MAX_LENGTH
-from app.schemas.common import PublicId, StrictModel, not_null
+from app.models.user import EMAIL_MAX_CHARS, NAME_MAX_LENGTH
+from app.schemas.common import PublicId, Storable, StrictModel, not_null
 
 
 def _check_password(value: str) -> str:
@@ -20,16 +27,21 @@ def _check_password(value: str) -> str:
 
 
 # Emails are compared case-insensitively everywhere, so they are stored lower-cased.
-# 254 characters is the longest address RFC 5321 (and email-validator) accepts.
-EMAIL_MAX_CHARS = 254
-Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_CHARS), AfterValidator(str.lower)]
+Email = Annotated[EmailStr, Field(max_length=EMAIL_MAX_CHARS), Storable, AfterValidator(str.lower)]
 # The schema states the character bounds; the validator also enforces bcrypt's 72 bytes.
 NewPassword = Annotated[
     str,
     Field(min_length=PASSWORD_MIN_CHARS, max_length=PASSWORD_MAX_BYTES),
+    Storable,
     AfterValidator(_check_password),
 ]
-FullName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH)]
+# Form fields of the OAuth2 password grant that this service ignores.
+OAUTH2_FIELD_MAX_CHARS = 1024
+# A password being checked, not set: over 72 bytes it is simply wrong.
+PASSWORD_CHECK_MAX_CHARS = 1024
+Password = Annotated[str, Field(max_length=PASSWORD_CHECK_MAX_CHARS), Storable]
+FullName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH), Storable]
+OAuth2Field = Annotated[str, Field(max_length=OAUTH2_FIELD_MAX_CHARS), Storable]
 
 
 class UserCreate(StrictModel):
@@ -68,8 +80,20 @@ class UserAdminUpdate(StrictModel):
 
 
 class PasswordChange(StrictModel):
-    current_password: str = Field(max_length=1024)
+    current_password: Password
     new_password: NewPassword
+
+
+class LoginForm(BaseModel):
+    """The OAuth2 password grant's form (RFC 6749, section 4.3.2), as Swagger's
+    Authorize button sends it; `username` is the email."""
+
+    grant_type: Annotated[str, Field(pattern="^password$")] | None = None
+    username: Annotated[str, Field(min_length=1, max_length=EMAIL_MAX_CHARS), Storable]
+    password: Password
+    scope: OAuth2Field = ""
+    client_id: OAuth2Field | None = None
+    client_secret: OAuth2Field | None = None
 
 
 class Token(BaseModel):

@@ -1,19 +1,34 @@
 """Registration and login."""
 
-import math
-from datetime import UTC, datetime, timedelta
-from typing import NoReturn
+from datetime import timedelta
 
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
 from app.core.roles import DEFAULT_ROLE
-from app.core.security import AccessToken, PasswordHasher, TokenService
+from app.core.security import AccessToken, HashingBusy, PasswordHasher, TokenService
+from app.models.types import utcnow
 from app.models.user import User
 from app.repositories.errors import DuplicateKeyError
-from app.repositories.user import LoginThrottleRepository, UserRepository
+from app.repositories.throttle import CounterKey
+from app.repositories.user import UserRepository
 from app.schemas.user import UserCreate
-from app.services.errors import EmailTaken, InvalidCredentials, TooManyAttempts
+from app.services.errors import (
+    EmailTaken,
+    InvalidCredentials,
+    TooManyAttempts,
+    TooManyRegistrations,
+)
+from app.services.throttle import AttemptLimiter, Limit
+
+# Scopes of the attempt counters (app/models/throttle.py).
+LOGIN = "login"  # one account from one address
+LOGIN_FROM_ADDRESS = "login-address"  # any account from one address
+LOGIN_TO_ACCOUNT = "login-account"  # one account from any address
+REGISTER_FROM_ADDRESS = "register-address"
+
+ACCOUNT_WINDOW = timedelta(hours=1)
+REGISTRATION_WINDOW = timedelta(hours=1)
 
 
 class AuthService:
@@ -26,14 +41,25 @@ class AuthService:
     ) -> None:
         self.session = session
         self.users = UserRepository(session)
-        self.throttle = LoginThrottleRepository(session)
+        self.limiter = AttemptLimiter(session)
         self.hasher = hasher
         self.tokens = tokens
-        self.max_failures = settings.login_max_failures
+        self.settings = settings
         self.lockout = timedelta(minutes=settings.login_lockout_minutes)
 
-    async def register(self, data: UserCreate) -> User:
+    async def register(self, data: UserCreate, address: str) -> User:
         """Create a user with the least privileged role; the body cannot choose another."""
+        self.hasher.check_capacity()  # refuse a flood before it costs any database work
+        limit = Limit(
+            CounterKey(REGISTER_FROM_ADDRESS, address=address),
+            self.settings.register_max_per_address_per_hour,
+            REGISTRATION_WINDOW,
+        )
+        retry_after = await self.limiter.count([limit], utcnow())
+        # Committed either way: refused attempts count too.
+        await self.session.commit()
+        if retry_after is not None:
+            raise TooManyRegistrations(retry_after)
         user = User(
             email=data.email,
             full_name=data.full_name,
@@ -47,25 +73,60 @@ class AuthService:
         await self.session.commit()
         return user
 
-    async def login(self, email: str, password: str) -> AccessToken:
+    def _login_limits(self, email: str, address: str) -> list[Limit]:
+        settings = self.settings
+        return [
+            Limit(CounterKey(LOGIN, email, address), settings.login_max_failures, self.lockout),
+            Limit(
+                CounterKey(LOGIN_FROM_ADDRESS, address=address),
+                settings.login_max_failures_per_address,
+                self.lockout,
+            ),
+            Limit(
+                CounterKey(LOGIN_TO_ACCOUNT, email=email),
+                settings.login_max_failures_per_account,
+                ACCOUNT_WINDOW,
+            ),
+        ]
+
+    async def login(self, email: str, password: str, address: str) -> AccessToken:
+        """Check the password, at most as often as the limits allow.
+
+        Each attempt is counted as a failure before its password is checked, and taken
+        back if the password is right: concurrent guesses cannot get past the limit
+        by all arriving before the first failure is written. An attempt refused by a
+        limit is not counted, so hammering a locked key does not prolong its lock.
+        """
+        self.hasher.check_capacity()  # refuse a flood before it costs any database work
         email = email.strip().lower()
-        now = datetime.now(UTC)
-        locked_until = await self.throttle.locked_until(email)
-        if locked_until is not None and locked_until > now:
-            raise TooManyAttempts(math.ceil((locked_until - now).total_seconds()))
+        limits = self._login_limits(email, address)
+        retry_after = await self.limiter.count(limits, utcnow())
+        if retry_after is not None:
+            await self.session.rollback()
+            raise TooManyAttempts(retry_after)
         user = await self.users.get_by_email(email)
         # Hashing takes hundreds of milliseconds: hold no transaction (and no pooled
         # connection) while it runs.
         await self.session.commit()
 
-        if user is None:
-            await self.hasher.verify_dummy()
-            await self._fail(email, now)
-        valid, new_hash = await self.hasher.verify_and_update(password, user.hashed_password)
+        try:
+            if user is None:
+                await self.hasher.verify_dummy()
+                raise InvalidCredentials()
+            valid, new_hash = await self.hasher.verify_and_update(password, user.hashed_password)
+        except HashingBusy:
+            # The queue filled up since the check above: no password was checked.
+            await self.limiter.take_back(limits)
+            await self.session.commit()
+            raise
         if not valid or not user.is_active:
-            await self._fail(email, now)
+            raise InvalidCredentials()
 
-        await self.throttle.clear(email)
+        # This pair's failures are forgiven; the others only lose this attempt, so a
+        # client cannot wipe the failures it made elsewhere by logging in to its own
+        # account.
+        await self.limiter.clear(limits[0].key)
+        await self.limiter.take_back(limits[1:])
         if new_hash is not None:
             # The configured cost changed since this hash was made: upgrade it now that
             # the password is known.
@@ -73,10 +134,3 @@ class AuthService:
             await self.users.save(user)
         await self.session.commit()
         return self.tokens.issue(user.id, user.role)
-
-    async def _fail(self, email: str, now: datetime) -> NoReturn:
-        failures = await self.throttle.record_failure(email, now, self.lockout)
-        if failures >= self.max_failures:
-            await self.throttle.lock(email, now + self.lockout)
-        await self.session.commit()
-        raise InvalidCredentials()

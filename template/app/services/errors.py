@@ -43,3 +43,7 @@ class TooManyAttempts(DomainError):
     def __init__(self, retry_after_seconds: int) -> None:
         super().__init__()
         self.retry_after_seconds = retry_after_seconds
+
+
+class TooManyRegistrations(TooManyAttempts):
+    message = "Too many registrations from this address; try again later"
