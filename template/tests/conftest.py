@@ -1,10 +1,12 @@
 """Fixtures: a migrated test database, an app per test, clients and signed-in users."""
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -16,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import SQLModel
 
+from app.core.admission import AdmissionMiddleware
 from app.core.config import Settings
 from app.core.roles import ADMIN_ROLE, DEFAULT_ROLE, Role
 from app.core.security import PasswordHasher
@@ -52,6 +55,25 @@ async def wait_until(condition: Callable[[], object], what: str) -> None:
             return
         await asyncio.sleep(0)
     pytest.fail(f"{what} never happened")
+
+
+def gate_of(app: FastAPI) -> AdmissionMiddleware:
+    """The app's AdmissionMiddleware instance (the stack is built on the first request)."""
+    node: Any = app.middleware_stack
+    while node is not None:
+        if isinstance(node, AdmissionMiddleware):
+            return node
+        node = getattr(node, "app", None)
+    raise AssertionError("AdmissionMiddleware is not in the middleware stack")
+
+
+def as_json(body: object) -> bytes:
+    """`body` as JSON with every non-ASCII character escaped, so that a lone surrogate
+    travels as the escape a client would send (httpx's own encoder refuses it)."""
+    return json.dumps(body).encode()
+
+
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:

@@ -13,7 +13,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.core.admission import AdmissionMiddleware
 from app.core.config import Settings
-from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, make_settings, wait_until
+from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, gate_of, make_settings, wait_until
 
 
 @pytest.fixture
@@ -22,16 +22,6 @@ def settings(migrated_database: str) -> Settings:
     return make_settings(
         migrated_database, db_pool_size=1, db_max_overflow=0, db_pool_timeout_seconds=5
     )
-
-
-def gate_of(app: FastAPI) -> AdmissionMiddleware:
-    """The app's AdmissionMiddleware instance (the stack is built on the first request)."""
-    node: Any = app.middleware_stack
-    while node is not None:
-        if isinstance(node, AdmissionMiddleware):
-            return node
-        node = getattr(node, "app", None)
-    raise AssertionError("AdmissionMiddleware is not in the middleware stack")
 
 
 async def call(app: Any, path: str) -> tuple[int, dict[bytes, bytes], bytes]:

@@ -11,7 +11,7 @@ from app.api.deps import get_current_user
 from app.core.config import Settings
 from app.main import create_app
 from app.models.user import Principal
-from tests.conftest import SignedIn, make_settings
+from tests.conftest import JSON_HEADERS, SignedIn, as_json, make_settings
 
 MAX_BODY_BYTES = 4096
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -289,3 +289,74 @@ async def test_wildcard_origin_outside_production_never_allows_credentials(
 
     assert response.headers.get("access-control-allow-credentials") is None
     assert response.headers.get("access-control-allow-origin") == "*"
+
+
+NUL, SURROGATE = "nul\x00here", "lone \ud800 surrogate"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("full_name", NUL, "NUL"),
+        ("full_name", SURROGATE, "surrogate"),
+        ("full_name", "x" * 256, "at most 255"),
+        ("email", f"a{SURROGATE}@example.com", "surrogate"),
+        ("email", "a" * 250 + "@example.com", "too long"),
+        ("password", "long enough " + NUL, "NUL"),
+        ("password", "long enough " + SURROGATE, "surrogate"),
+    ],
+)
+async def test_registration_refuses_text_no_database_stores(
+    client: AsyncClient, field: str, value: str, message: str
+) -> None:
+    body = {"email": "new@example.com", "password": "long enough", field: value}
+    response = await client.post(
+        "/api/v1/auth/register", content=as_json(body), headers=JSON_HEADERS
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+    assert message in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("username", "x" * 255, "at most 254"),
+        ("username", NUL, "NUL"),
+        ("password", NUL, "NUL"),
+        ("password", "x" * 1025, "at most 1024"),
+        ("scope", NUL, "NUL"),
+        ("grant_type", "client_credentials", "pattern"),
+    ],
+)
+async def test_the_login_form_refuses_over_long_and_unstorable_text(
+    client: AsyncClient, field: str, value: str, message: str
+) -> None:
+    form = {"username": "someone@example.com", "password": "some password", field: value}
+    response = await client.post("/api/v1/auth/login", data=form)
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"][0]["loc"] == ["body", field]
+    assert message in response.json()["detail"][0]["msg"]
+
+
+@pytest.mark.parametrize("full_name", [NUL, SURROGATE, "x" * 256])
+async def test_a_profile_update_refuses_text_no_database_stores(
+    client: AsyncClient, user: SignedIn, full_name: str
+) -> None:
+    response = await client.patch(
+        "/api/v1/users/me",
+        content=as_json({"full_name": full_name}),
+        headers={**user.headers, **JSON_HEADERS},
+    )
+    assert response.status_code == 422, response.text
+
+
+async def test_a_password_change_refuses_an_unstorable_current_password(
+    client: AsyncClient, user: SignedIn
+) -> None:
+    response = await client.post(
+        "/api/v1/users/me/password",
+        content=as_json({"current_password": SURROGATE, "new_password": "a new password"}),
+        headers={**user.headers, **JSON_HEADERS},
+    )
+    assert response.status_code == 422, response.text
