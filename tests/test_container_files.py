@@ -188,7 +188,8 @@ def dockerfile_problems(text: str, port: int) -> list[str]:
         line = " ".join(cmd.value)
         if not re.search(r"scripts/prestart\b.*&&.*\buvicorn app\.main:app\b", line):
             problems.append(f"CMD does not run scripts/prestart and then uvicorn: {line}")
-        for option in (f"--port {port}", "--host 0.0.0.0", "--proxy-headers"):
+        # The app decides whom to trust (TRUSTED_PROXIES); uvicorn must not rewrite the peer.
+        for option in (f"--port {port}", "--host 0.0.0.0", "--no-proxy-headers"):
             if option not in line:
                 problems.append(f"CMD lacks `{option}`: {line}")
     return problems

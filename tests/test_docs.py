@@ -101,7 +101,7 @@ def shown_default(value: object) -> str:
     """How the configuration page writes a default: as the environment variable would be set."""
     if value is REQUIRED:
         return "none"
-    if value is None:
+    if value is None or value == []:
         return "empty"
     if isinstance(value, list):
         return f"`{','.join(map(str, value))}`"

@@ -40,7 +40,8 @@ def served(project: Project, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     log = (project.path / "uvicorn.log").open("w")
     process = subprocess.Popen(
-        ["uv", "run", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log"],
+        ["uv", "run", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log",
+         "--no-proxy-headers"],  # fmt: skip
         cwd=project.path,
         env={**project_env(), **env},
         stdout=log,
@@ -109,8 +110,12 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(
         "JWT_SECRET": secrets.token_urlsafe(48),
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "WARNING",
-        # Fuzzing sends many failed logins; a real service keeps the default of 5.
+        # Fuzzing sends many failed logins and registrations from one address; a real
+        # service keeps the defaults.
         "LOGIN_MAX_FAILURES": "1000",
+        "LOGIN_MAX_FAILURES_PER_ADDRESS": "100000",
+        "LOGIN_MAX_FAILURES_PER_ACCOUNT": "100000",
+        "REGISTER_MAX_PER_ADDRESS_PER_HOUR": "100000",
         "FIRST_ADMIN_EMAIL": "fuzz-admin@example.com",
         "FIRST_ADMIN_PASSWORD": PASSWORD,
     }
