@@ -229,3 +229,12 @@ def test_without_trusted_proxies_forwarded_for_is_ignored() -> None:
 def test_trusted_proxies_must_be_addresses_or_networks(migrated_database: str, value: str) -> None:
     with pytest.raises(ValueError, match="trusted_proxies"):
         make_settings(migrated_database, trusted_proxies=value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", None), (" ", None), ("40", 40)])
+def test_an_empty_hashing_queue_limit_means_the_default(
+    migrated_database: str, value: str, expected: int | None
+) -> None:
+    assert make_settings(migrated_database, hashing_queue_limit=value).hashing_queue_limit == (
+        expected
+    )

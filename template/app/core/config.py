@@ -96,6 +96,12 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
 
+    @field_validator("hashing_queue_limit", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: Any) -> Any:
+        # `HASHING_QUEUE_LIMIT=` (as in .env.example) means: derive it from the cost.
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("trusted_proxies", mode="before")
     @classmethod
     def _parse_proxies(cls, value: Any) -> Any:
