@@ -24,11 +24,20 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchkit.cpu import CpuMeter, CpuSample
 from benchkit.database import DATABASES, BenchDatabase
-from benchkit.options import LARGE_WORKLOAD, WORKLOADS, Options
+from benchkit.options import (
+    LARGE_WORKLOAD,
+    LOGIN_REFUSED_STATUS,
+    ME_UNDER_LOGIN_CONNECTIONS,
+    SERVICE_LOG_LEVEL,
+    UNDER_LOGIN_WORKLOADS,
+    WORKLOADS,
+    Options,
+)
 from benchkit.profiler import Profiler
 from benchkit.report import (
     ANALYSIS_HEADING,
@@ -172,7 +181,7 @@ class Benchmark:
                 "ENVIRONMENT": "production",
                 "JWT_SECRET": secrets.token_urlsafe(48),
                 "BCRYPT_ROUNDS": str(opts.bcrypt_rounds),
-                "LOG_LEVEL": "WARNING",
+                "LOG_LEVEL": SERVICE_LOG_LEVEL,
                 "CORS_ORIGINS": '["https://bench.example.com"]',
                 "LOGIN_MAX_FAILURES": str(LOGIN_MAX_FAILURES),
             }
@@ -297,7 +306,7 @@ class Benchmark:
         opts = self.options
         # Each request must succeed once, without a redirect, before wrk repeats it.
         for name in workloads:
-            if name != "health-under-login":
+            if name not in UNDER_LOGIN_WORKLOADS:
                 expect(server.base_url, self.resolve(server.base_url, requests[name]), [200, 201])
         # Warm-ups size themselves on the rate last measured for the workload.
         rates: dict[str, float] = {"login": self.hash_limit_rps}
@@ -306,15 +315,18 @@ class Benchmark:
             for connections in connection_order(opts.connections, repeat):
                 health_rps: float | None = None
                 for name in workloads:
-                    rate = rates.get("login" if name == "health-under-login" else name, 0.0)
+                    under_login = name in UNDER_LOGIN_WORKLOADS
+                    rate = rates.get("login" if under_login else name, 0.0)
                     warmup = self.warmup_for(connections, rate)
                     timeout = self.timeout_for(connections, rate)
                     self.settle(server, meter)
                     before = meter.sample()
                     companion: WrkResult | None = None
-                    if name == "health-under-login":
-                        result, companion = self.health_under_login(
-                            wrk, requests, connections, warmup, timeout
+                    if under_login:
+                        # The probe's token comes first: the login flood would refuse it.
+                        probe = self.probe_for(name, server.base_url, requests)
+                        result, companion = self.under_login(
+                            wrk, requests["login"], probe, connections, warmup, timeout
                         )
                     else:
                         request = self.resolve(server.base_url, requests[name])
@@ -323,13 +335,16 @@ class Benchmark:
                             server, wrk, meter, request, connections, warmup, timeout,
                             profiler, label,
                         )  # fmt: skip
+                        if name == "login":
+                            result = result.with_refusals(LOGIN_REFUSED_STATUS)
                     run = RunResult(
                         repeat, name, connections, result, meter.sample() - before,
                         health_rps, companion, reference=name in reference,
                     )  # fmt: skip
                     if name == "health":
                         health_rps = result.rps
-                    if result.rps > 0 and name != "health-under-login":
+                    # Every response, refusals included, for Little's law in warmup_for().
+                    if result.rps > 0 and not under_login:
                         rates[name] = result.rps
                     self.results.append(run)
                     print(format_run_line(run, self.hash_limit_rps), flush=True)
@@ -386,33 +401,43 @@ class Benchmark:
             print(summary, flush=True)
         return before, result
 
-    def health_under_login(
+    def probe_for(self, name: str, base_url: str, requests: dict[str, HttpRequest]) -> Probe:
+        """What runs alongside the logins: a light /health probe, or the normal `me` load."""
+        opts = self.options
+        if name == "health-under-login":
+            return Probe(requests["health"], opts.probe_connections, 1, opts.probe_delay_ms)
+        me = self.resolve(base_url, requests["me"])
+        return Probe(me, ME_UNDER_LOGIN_CONNECTIONS, opts.wrk.threads, 0)
+
+    def under_login(
         self,
         wrk: Wrk,
-        requests: dict[str, HttpRequest],
+        login_request: HttpRequest,
+        probe: Probe,
         connections: int,
         warmup: int,
         login_timeout: float,
     ) -> tuple[WrkResult, WrkResult]:
-        """A light /health probe measured while a login wrk runs at full tilt."""
+        """`probe` measured while a login wrk runs at full tilt with `connections`;
+        returns the probe's result and the login wrk's (refusals counted apart)."""
         opts = self.options
         login = wrk.start(
-            requests["login"], connections, opts.duration + 1, warmup=warmup,
+            login_request, connections, opts.duration + 1, warmup=warmup,
             timeout_s=login_timeout,
         )  # fmt: skip
         try:
             time.sleep(warmup + 0.5)
-            probe = wrk.start(
-                requests["health"],
-                opts.probe_connections,
+            started = wrk.start(
+                probe.request,
+                probe.connections,
                 opts.duration,
-                threads=1,
-                delay_ms=opts.probe_delay_ms,
+                threads=probe.threads,
+                delay_ms=probe.delay_ms,
             )
-            probe_result = Wrk.finish(probe)
+            probe_result = Wrk.finish(started)
         finally:
             login_result = Wrk.finish(login)
-        return probe_result, login_result
+        return probe_result, login_result.with_refusals(LOGIN_REFUSED_STATUS)
 
     def settle(self, server: Server, meter: CpuMeter) -> None:
         """Wait until the server has finished earlier work and the machine is quiet.
@@ -477,6 +502,16 @@ class Benchmark:
                 render_markdown(opts, environment, summaries, checks, self.profiles) + kept
             )
             log(f"wrote {opts.output}" + (" (kept its Analysis section)" if kept else ""))
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A wrk load measured while logins run alongside."""
+
+    request: HttpRequest
+    connections: int
+    threads: int
+    delay_ms: float
 
 
 def connection_order(connections: Sequence[int], repeat: int) -> list[int]:

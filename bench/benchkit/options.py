@@ -7,8 +7,17 @@ from pathlib import Path
 
 from benchkit.wrk import WrkSettings
 
-WORKLOADS = ("health", "me", "list", "create", "login", "health-under-login")
+WORKLOADS = ("health", "me", "list", "create", "login", "health-under-login", "me-under-login")
 LARGE_WORKLOAD = "list-large"
+# Measured while a login wrk runs at full tilt at the row's connection count.
+UNDER_LOGIN_WORKLOADS = ("health-under-login", "me-under-login")
+# Connections of the `me` wrk in me-under-login, and of the plain `me` row it is compared with.
+ME_UNDER_LOGIN_CONNECTIONS = 16
+# The bounded hashing queue refuses a login beyond it at once with this status (and
+# Retry-After): load shedding by design, counted apart from errors.
+LOGIN_REFUSED_STATUS = 503
+# The service's LOG_LEVEL: production's default, so the per-request JSON log is written.
+SERVICE_LOG_LEVEL = "INFO"
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from benchkit.shell import BenchError, HttpRequest
@@ -25,10 +25,36 @@ class WrkResult:
     errors: int
     error_detail: dict[str, int]
     statuses: dict[str, int]
+    # Responses of an expected refusal status (see with_refusals), not counted as errors.
+    refused: int = 0
 
     @property
     def rps(self) -> float:
+        """Every response of the window, refusals and errors included."""
         return self.requests / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def ok_requests(self) -> int:
+        return sum(n for code, n in self.statuses.items() if 200 <= int(code) < 300)
+
+    @property
+    def ok_rps(self) -> float:
+        """2xx responses per second."""
+        return self.ok_requests / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def refused_rps(self) -> float:
+        return self.refused / self.window_s if self.window_s > 0 else 0.0
+
+    def with_refusals(self, status: int) -> WrkResult:
+        """The same run with `status` responses counted as refusals instead of errors:
+        a service that sheds load on purpose (a 503 with Retry-After) is not failing."""
+        key = f"HTTP {status}"
+        refused = self.error_detail.get(key, 0)
+        detail = {k: v for k, v in self.error_detail.items() if k != key}
+        return replace(
+            self, errors=self.errors - refused, error_detail=detail, refused=self.refused + refused
+        )
 
 
 def parse_wrk_output(stdout: str) -> WrkResult:
