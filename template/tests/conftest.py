@@ -18,12 +18,12 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import SQLModel
 
-from app.core.admission import AdmissionMiddleware
 from app.core.config import Settings
 from app.core.roles import ADMIN_ROLE, DEFAULT_ROLE, Role
 from app.core.security import PasswordHasher
 from app.main import create_app
 from app.models.user import User
+from app.runtime.admission import AdmissionMiddleware
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A guard against hanging, not a measurement: every step normally takes milliseconds.
@@ -83,8 +83,6 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "jwt_secret": TEST_SECRET,
         "bcrypt_rounds": 4,  # the minimum: the tests hash hundreds of passwords
         "log_level": "WARNING",
-        "db_pool_size": 5,
-        "db_max_overflow": 30,
         # Every test client comes from one address: the limits per address and per
         # account are tested on their own, with their own values (tests/test_throttling.py).
         "login_max_failures_per_address": 10_000,

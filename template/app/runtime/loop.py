@@ -1,4 +1,4 @@
-"""The event loop the server runs on: `uvicorn app.main:app --loop app.core.loop:new_event_loop`.
+"""The event loop the server runs on: `uvicorn app.main:app --loop app.runtime.loop:new_event_loop`.
 
 asyncio's own loop, for two measured reasons (docs/benchmarks.md in the template):
 - under full load uvloop left some connections unanswered for seconds, while asyncio's
