@@ -158,9 +158,8 @@ class TokenClaims:
     role: str
 
 
-# Tokens remembered after their signature and claims were checked, so a client's token
-# is verified once, not on every request (decoding costs about as much as the database
-# read of the current user).
+# Tokens remembered after their signature and claims were checked, so that a client's
+# token is decoded once, not on every request.
 VERIFIED_TOKENS_KEPT = 4096
 
 
