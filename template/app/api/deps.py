@@ -15,10 +15,10 @@ from app.core.client import ClientAddresses
 from app.core.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.roles import ADMIN_ROLE, Role
-from app.core.security import InvalidTokenError, PasswordHasher, TokenService
+from app.core.security import PasswordHasher, TokenService
 from app.models.user import Principal
-from app.repositories.user import UserRepository
-from app.services.errors import NotAuthenticated, PermissionDenied
+from app.services.auth import Authenticator
+from app.services.errors import PermissionDenied
 
 LOGIN_PATH = "/api/v1/auth/login"
 
@@ -74,21 +74,9 @@ async def get_current_user(
     tokens: TokenServiceDep,
     uow: UnitOfWorkDep,
 ) -> Principal:
-    """The user the bearer token names, read from the database on every request.
-
-    The role and active flag come from the database, not from the token, so a demoted,
-    deactivated or deleted user loses access at once.
-    """
-    if not token:
-        raise NotAuthenticated()
-    try:
-        claims = tokens.read(token)
-    except InvalidTokenError:
-        raise NotAuthenticated("Invalid or expired token") from None
-    user = await UserRepository(uow).get_principal(claims.user_id)
-    if user is None or not user.is_active:
-        raise NotAuthenticated("Invalid or expired token")
-    return user
+    """The user the bearer token names; 401 for a missing, invalid or expired token, or
+    an unknown or inactive user."""
+    return await Authenticator(uow, tokens).caller(token)
 
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]

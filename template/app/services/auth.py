@@ -5,9 +5,15 @@ from datetime import timedelta
 from app.core.config import Settings
 from app.core.db import UnitOfWork
 from app.core.roles import DEFAULT_ROLE
-from app.core.security import AccessToken, HashingBusy, PasswordHasher, TokenService
+from app.core.security import (
+    AccessToken,
+    HashingBusy,
+    InvalidTokenError,
+    PasswordHasher,
+    TokenService,
+)
 from app.models.types import utcnow
-from app.models.user import User
+from app.models.user import Principal, User
 from app.repositories.errors import DuplicateKeyError
 from app.repositories.throttle import CounterKey
 from app.repositories.user import UserRepository
@@ -15,6 +21,7 @@ from app.schemas.user import UserCreate
 from app.services.errors import (
     EmailTaken,
     InvalidCredentials,
+    NotAuthenticated,
     TooManyAttempts,
     TooManyRegistrations,
 )
@@ -133,3 +140,26 @@ class AuthService:
             await self.users.save(user)
         await self.uow.commit()
         return self.tokens.issue(user.id, user.role)
+
+
+class Authenticator:
+    """Who a request's bearer token names."""
+
+    def __init__(self, uow: UnitOfWork, tokens: TokenService) -> None:
+        self.users = UserRepository(uow)
+        self.tokens = tokens
+
+    async def caller(self, token: str | None) -> Principal:
+        """The user `token` names, read from the database on every request: the role and
+        active flag come from there, not from the token, so a demoted, deactivated or
+        deleted user loses access at once."""
+        if not token:
+            raise NotAuthenticated()
+        try:
+            claims = self.tokens.read(token)
+        except InvalidTokenError:
+            raise NotAuthenticated("Invalid or expired token") from None
+        user = await self.users.get_principal(claims.user_id)
+        if user is None or not user.is_active:
+            raise NotAuthenticated("Invalid or expired token")
+        return user
