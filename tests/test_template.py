@@ -8,7 +8,15 @@ import pytest
 from tests.support import Project, run
 
 # Files that belong to tools rather than to the rendered template.
-SKIP_DIRS = {".venv", ".git", ".mypy_cache", ".ruff_cache", ".pytest_cache", "__pycache__"}
+SKIP_DIRS = {
+    ".venv",
+    ".git",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".pytest_cache",
+    ".hypothesis",
+    "__pycache__",
+}
 SKIP_FILES = {"uv.lock", ".copier-answers.yml"}
 # GitHub expressions (${{ ... }}) are not Jinja; Mako's ${...} neither.
 LEFTOVER = re.compile(r"(?<!\$)\{\{|\{%|%\}|\{#|#\}")
