@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import SQLModel
 
+from app.api.deps import get_password_hasher
 from app.core.config import Settings
 from app.core.roles import ADMIN_ROLE, DEFAULT_ROLE, Role
 from app.core.security import PasswordHasher
@@ -155,6 +156,24 @@ def client_from(address: str, base_url: str) -> AsyncClient:
     """A client whose connections leave from `address` (any of 127.0.0.0/8)."""
     transport = AsyncHTTPTransport(local_address=address)
     return AsyncClient(transport=transport, base_url=base_url)
+
+
+@pytest.fixture
+def use_hasher(app: FastAPI) -> Iterator[Callable[[PasswordHasher], PasswordHasher]]:
+    """Have the app's requests use another hasher; each is closed after the test."""
+    used: list[PasswordHasher] = []
+
+    def use(hasher: PasswordHasher) -> PasswordHasher:
+        used.append(hasher)
+        app.dependency_overrides[get_password_hasher] = lambda: hasher
+        return hasher
+
+    yield use
+    for hasher in used:
+        hasher.close()
+
+
+UseHasher = Callable[[PasswordHasher], PasswordHasher]
 
 
 @dataclass
