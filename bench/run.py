@@ -561,7 +561,7 @@ def parse_args(argv: Sequence[str]) -> Options:
     add("--workers", type=int, default=1, help="uvicorn worker processes")
     add(
         "--loop",
-        default="app.core.loop:new_event_loop",
+        default="app.runtime.loop:new_event_loop",
         help="uvicorn's --loop: the rendered service's own, or uvloop or asyncio to compare",
     )
     add("--duration", type=int, default=10, help="seconds measured per run")

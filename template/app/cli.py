@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.config import Settings, load_settings
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
 from app.core.security import PasswordHasher, password_problem
 from app.schemas.user import UserCreate
 from app.services.user import AdminBootstrap
@@ -19,9 +19,12 @@ from app.services.user import AdminBootstrap
 async def create_admin(settings: Settings, email: str, password: str) -> str:
     database = Database(settings)
     try:
-        async with database.sessionmaker() as session:
-            bootstrap = AdminBootstrap(session, PasswordHasher(settings.bcrypt_rounds))
-            return await bootstrap.ensure_admin(email, password)
+        hasher = PasswordHasher(settings.bcrypt_rounds)
+        try:
+            async with UnitOfWork(database) as uow:
+                return await AdminBootstrap(uow, hasher).ensure_admin(email, password)
+        finally:
+            hasher.close()
     finally:
         await database.dispose()
 

@@ -1,6 +1,5 @@
 """The application: middleware, routers, error handlers and lifespan."""
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,7 +17,6 @@ from starlette.routing import Match
 from app.api.router import api_router
 from app.api.routes import health
 from app.core import project
-from app.core.admission import RETRY_AFTER_SECONDS, AdmissionMiddleware, ServiceBusy, stepped_out
 from app.core.client import ClientAddresses
 from app.core.config import Settings, load_settings
 from app.core.db import Database
@@ -26,12 +24,17 @@ from app.core.dialect import is_unavailable
 from app.core.logging import configure_logging
 from app.core.middleware import (
     REQUEST_ID_HEADER,
+    RETRY_AFTER_SECONDS,
     BodySizeLimitMiddleware,
     RequestLogMiddleware,
     SecurityHeadersMiddleware,
     UnhandledErrorMiddleware,
+    busy_response,
 )
 from app.core.security import HashingBusy, PasswordHasher, TokenService
+from app.runtime import admission
+from app.runtime.garbage import tune_garbage_collection
+from app.runtime.threads import lower_thread_priority
 from app.services import errors
 
 logger = logging.getLogger(__name__)
@@ -46,23 +49,12 @@ ERROR_STATUS: tuple[tuple[type[errors.DomainError], int], ...] = (
 )
 
 
-# Allocations before a young collection, and collections before an older one.
-GC_THRESHOLDS = (50_000, 20, 20)
-
-
 def create_app(settings: Settings) -> FastAPI:
     configure_logging(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # What exists now (modules, the app, its routes and schemas) lives as long as the
-        # process. Frozen, the collections that request garbage triggers no longer scan
-        # it again and again. And collections start after 50,000 allocations instead of
-        # 700: with hundreds of requests in flight, each collection scans all of their
-        # objects, so fewer collections cost less CPU per request (docs/benchmarks.md).
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        tune_garbage_collection()
         yield
         await app.state.database.dispose()
         app.state.password_hasher.close()
@@ -76,9 +68,10 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = Database(settings)
-    # While a request waits for a hash, its admission place goes to another request.
     app.state.password_hasher = PasswordHasher(
-        settings.bcrypt_rounds, queue_limit=settings.hashing_queue_limit, waiting=stepped_out
+        settings.bcrypt_rounds,
+        queue_limit=settings.hashing_queue_limit,
+        thread_initializer=lower_thread_priority,
     )
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
     app.state.token_service = TokenService(settings)
@@ -89,14 +82,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Added last runs first. From the outside in: the request log sees every response;
     # security and CORS headers go on every response, 503, 413 and 500 included; requests
-    # beyond what the connection pool can serve wait at the door (app/core/admission.py).
+    # beyond what the connection pool can serve wait at the door.
     app.add_middleware(UnhandledErrorMiddleware)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(
-        AdmissionMiddleware,
-        limit=settings.db_pool_size + settings.db_max_overflow,
-        timeout_seconds=settings.db_pool_timeout_seconds,
-    )
+    admission.install(app, settings)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,
@@ -151,11 +140,7 @@ def _add_error_handlers(app: FastAPI) -> None:
     retry_after = {"Retry-After": str(RETRY_AFTER_SECONDS)}
 
     async def busy(request: Request, exc: Exception) -> JSONResponse:
-        return JSONResponse(
-            {"detail": "The service is busy; try again shortly"},
-            status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers=retry_after,
-        )
+        return busy_response()
 
     async def database_unavailable(request: Request, exc: Exception) -> JSONResponse:
         logger.error("database unavailable: %s: %s", type(exc).__name__, getattr(exc, "orig", exc))
@@ -177,7 +162,6 @@ def _add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(HTTPException, method_not_allowed)
     app.add_exception_handler(HashingBusy, busy)
-    app.add_exception_handler(ServiceBusy, busy)
     app.add_exception_handler(DBAPIError, database_error)
     for kind in _DATABASE_UNREACHABLE:
         app.add_exception_handler(kind, database_unavailable)

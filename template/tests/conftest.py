@@ -2,7 +2,7 @@
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +18,13 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlmodel import SQLModel
 
-from app.core.admission import AdmissionMiddleware
+from app.api.deps import get_password_hasher
 from app.core.config import Settings
 from app.core.roles import ADMIN_ROLE, DEFAULT_ROLE, Role
 from app.core.security import PasswordHasher
 from app.main import create_app
 from app.models.user import User
+from app.runtime.admission import AdmissionMiddleware
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # A guard against hanging, not a measurement: every step normally takes milliseconds.
@@ -83,8 +84,6 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "jwt_secret": TEST_SECRET,
         "bcrypt_rounds": 4,  # the minimum: the tests hash hundreds of passwords
         "log_level": "WARNING",
-        "db_pool_size": 5,
-        "db_max_overflow": 30,
         # Every test client comes from one address: the limits per address and per
         # account are tested on their own, with their own values (tests/test_throttling.py).
         "login_max_failures_per_address": 10_000,
@@ -157,6 +156,24 @@ def client_from(address: str, base_url: str) -> AsyncClient:
     """A client whose connections leave from `address` (any of 127.0.0.0/8)."""
     transport = AsyncHTTPTransport(local_address=address)
     return AsyncClient(transport=transport, base_url=base_url)
+
+
+@pytest.fixture
+def use_hasher(app: FastAPI) -> Iterator[Callable[[PasswordHasher], PasswordHasher]]:
+    """Have the app's requests use another hasher; each is closed after the test."""
+    used: list[PasswordHasher] = []
+
+    def use(hasher: PasswordHasher) -> PasswordHasher:
+        used.append(hasher)
+        app.dependency_overrides[get_password_hasher] = lambda: hasher
+        return hasher
+
+    yield use
+    for hasher in used:
+        hasher.close()
+
+
+UseHasher = Callable[[PasswordHasher], PasswordHasher]
 
 
 @dataclass

@@ -11,8 +11,8 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from starlette.types import Message, Receive, Scope, Send
 
-from app.core.admission import AdmissionMiddleware
 from app.core.config import Settings
+from app.runtime.admission import AdmissionMiddleware
 from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, gate_of, make_settings, wait_until
 
 

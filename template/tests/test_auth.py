@@ -9,11 +9,10 @@ from fastapi import FastAPI
 from httpx import AsyncClient
 from sqlmodel import func, select
 
-from app.api.deps import get_password_hasher
 from app.core.roles import DEFAULT_ROLE
 from app.core.security import PasswordHasher
 from app.models.user import User
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, UseHasher
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -139,10 +138,10 @@ class RecordingHasher(PasswordHasher):
 
 
 async def test_login_verifies_a_hash_even_when_the_email_is_unknown(
-    app: FastAPI, client: AsyncClient
+    client: AsyncClient, use_hasher: UseHasher
 ) -> None:
     hasher = RecordingHasher()
-    app.dependency_overrides[get_password_hasher] = lambda: hasher
+    use_hasher(hasher)
     await register(client, "exists@example.com")
     assert await login(client, "exists@example.com", "wrong password") == 401
     assert hasher.verifications == 1
@@ -188,11 +187,10 @@ async def test_unknown_emails_are_throttled_too(app: FastAPI, client: AsyncClien
 
 
 async def test_password_hash_is_upgraded_when_the_cost_changes(
-    app: FastAPI, client: AsyncClient
+    app: FastAPI, client: AsyncClient, use_hasher: UseHasher
 ) -> None:
     await register(client, "upgrade@example.com")
-    stronger = PasswordHasher(rounds=5)
-    app.dependency_overrides[get_password_hasher] = lambda: stronger
+    use_hasher(PasswordHasher(rounds=5))
     assert await login(client, "upgrade@example.com") == 200
     async with app.state.database.sessionmaker() as session:
         user = (await session.exec(select(User).where(User.email == "upgrade@example.com"))).one()
@@ -236,13 +234,12 @@ class BlockingCryptContext:
 
 
 async def test_health_is_answered_while_logins_are_hashing(
-    app: FastAPI, client: AsyncClient
+    client: AsyncClient, use_hasher: UseHasher
 ) -> None:
     await register(client, "slow@example.com")
-    hasher = PasswordHasher(rounds=4)
+    hasher = use_hasher(PasswordHasher(rounds=4))
     blocking = BlockingCryptContext(hasher._context)
     hasher._context = blocking
-    app.dependency_overrides[get_password_hasher] = lambda: hasher
     logins = [asyncio.create_task(login(client, "slow@example.com")) for _ in range(3)]
     try:
         # Wait, off the event loop, until a verification is running.

@@ -11,14 +11,14 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy import text
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
-from app.api.deps import get_current_user, get_session
-from app.core.admission import stepped_out
+from app.api.deps import get_current_user, get_unit_of_work
 from app.core.config import Settings
+from app.core.db import UnitOfWork
 from app.core.security import PasswordHasher
 from app.models.throttle import AttemptCounter
 from app.models.user import Principal
+from app.runtime.admission import stepped_out
 from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, gate_of, make_settings
 
 HASH_IN_A_PARAMETER = "$2b$12$abcdefghijklmnopqrstuv0123456789ABCDEFGHIJKLMNOPQRSTU"
@@ -99,7 +99,8 @@ async def test_a_login_beyond_the_hashing_queue_gets_503_at_once_and_is_not_coun
 ) -> None:
     user = await make_user()
     app.state.password_hasher.close()
-    hasher = PasswordHasher(rounds=4, queue_limit=2, waiting=stepped_out)
+    hasher = PasswordHasher(rounds=4, queue_limit=2)
+    hasher.waiting = stepped_out
     app.state.password_hasher = hasher
     blocking = BlockingContext(hasher._context)
     hasher._context = blocking
@@ -152,12 +153,13 @@ async def test_a_request_that_cannot_get_back_in_after_hashing_gets_503(
 async def test_a_syntax_error_on_the_request_session_is_a_500_not_an_outage(
     app: FastAPI,
 ) -> None:
-    async def broken_session() -> AsyncIterator[AsyncSession]:
-        async with app.state.database.sessionmaker() as session:
-            await session.exec(text("SELEC 1"))
-            yield session
+    async def broken_unit_of_work() -> AsyncIterator[UnitOfWork]:
+        async with UnitOfWork(app.state.database) as uow:
+            connection = await uow.session.connection()
+            await connection.execute(text("SELEC 1"))
+            yield uow
 
-    app.dependency_overrides[get_session] = broken_session
+    app.dependency_overrides[get_unit_of_work] = broken_unit_of_work
     transport = ASGITransport(app=app, raise_app_exceptions=False)
     async with AsyncClient(transport=transport, base_url="http://test") as http:
         response = await http.post(

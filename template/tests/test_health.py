@@ -12,7 +12,8 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from sqlalchemy.engine import make_url
 
-from app.main import GC_THRESHOLDS, create_app
+from app.main import create_app
+from app.runtime.garbage import GC_THRESHOLDS
 from tests.conftest import make_settings
 
 

@@ -1,9 +1,9 @@
-"""The server's event loop (app/core/loop.py)."""
+"""The server's event loop (app/runtime/loop.py)."""
 
 import asyncio
 import socket
 
-from app.core.loop import new_event_loop
+from app.runtime.loop import new_event_loop
 
 
 async def nodelay_of_an_accepted_connection() -> int:

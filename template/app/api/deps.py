@@ -1,39 +1,39 @@
-"""FastAPI dependencies: the session, settings, services and the current user."""
+"""FastAPI dependencies: the unit of work, settings, services' tools and the current user.
+
+Each is a dependency of its own, so that `app.dependency_overrides` can replace any of
+them (tests do). They are `async def` even when they do not await: FastAPI runs a plain
+`def` dependency in its thread pool, a thread hop per dependency per request.
+"""
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import OAuth2PasswordBearer
-from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.client import ClientAddresses
 from app.core.config import Settings
-from app.core.db import Database
+from app.core.db import Database, UnitOfWork
 from app.core.roles import ADMIN_ROLE, Role
-from app.core.security import InvalidTokenError, PasswordHasher, TokenService
+from app.core.security import PasswordHasher, TokenService
 from app.models.user import Principal
-from app.repositories.user import read_principal
-from app.services.errors import NotAuthenticated, PermissionDenied
+from app.services.auth import Authenticator
+from app.services.errors import PermissionDenied
 
 LOGIN_PATH = "/api/v1/auth/login"
 
 
-async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
-    """A transactional session, for requests that write."""
-    async with request.app.state.database.sessionmaker() as session:
-        yield session
-
-
-# Dependencies are `async def` even when they do not await: FastAPI runs a plain `def`
-# dependency in its thread pool, a thread hop per dependency per request.
-
-
 async def get_database(request: Request) -> Database:
-    """The database, for work outside the request's session: Database.read, and
-    Database.write_one for a change with nothing to load first."""
     database: Database = request.app.state.database
     return database
+
+
+async def get_unit_of_work(
+    database: Annotated[Database, Depends(get_database)],
+) -> AsyncIterator[UnitOfWork]:
+    """The request's unit of work; what it did not commit is rolled back at the end."""
+    async with UnitOfWork(database) as uow:
+        yield uow
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -58,8 +58,7 @@ async def get_client_address(request: Request) -> str:
     return addresses.resolve(peer, request.headers.getlist("x-forwarded-for"))
 
 
-SessionDep = Annotated[AsyncSession, Depends(get_session)]
-DatabaseDep = Annotated[Database, Depends(get_database)]
+UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
@@ -71,27 +70,13 @@ oauth2_scheme = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
 
 
 async def get_current_user(
-    request: Request, token: Annotated[str | None, Depends(oauth2_scheme)]
+    token: Annotated[str | None, Depends(oauth2_scheme)],
+    tokens: TokenServiceDep,
+    uow: UnitOfWorkDep,
 ) -> Principal:
-    """The user the bearer token names, read from the database on every request.
-
-    The role and active flag come from the database, not from the token, so a demoted,
-    deactivated or deleted user loses access at once. The read gives its connection back
-    at once, so a request never holds two. (The token service and the database are
-    taken from the app directly: every dependency costs time on every request.)
-    """
-    if not token:
-        raise NotAuthenticated()
-    tokens: TokenService = request.app.state.token_service
-    database: Database = request.app.state.database
-    try:
-        claims = tokens.read(token)
-    except InvalidTokenError:
-        raise NotAuthenticated("Invalid or expired token") from None
-    user = await database.read(read_principal, claims.user_id)
-    if user is None or not user.is_active:
-        raise NotAuthenticated("Invalid or expired token")
-    return user
+    """The user the bearer token names; 401 for a missing, invalid or expired token, or
+    an unknown or inactive user."""
+    return await Authenticator(uow, tokens).caller(token)
 
 
 CurrentUser = Annotated[Principal, Depends(get_current_user)]
@@ -110,3 +95,6 @@ def require_role(minimum: Role) -> Callable[[Principal], Awaitable[Principal]]:
 
 
 AdminUser = Annotated[Principal, Depends(require_role(ADMIN_ROLE))]
+# For routes that need the caller to be the administrator but not the caller itself:
+# `dependencies=[RequireAdmin]`.
+RequireAdmin = Depends(require_role(ADMIN_ROLE))

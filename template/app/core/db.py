@@ -1,13 +1,20 @@
-"""The async engine and sessions."""
+"""The database: the async engine, a unit of work per request, and fast reads."""
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from types import TracebackType
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
-from sqlalchemy import Connection, CursorResult, Select, exc, text
+from sqlalchemy import Connection, CursorResult, Select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, NullPool
-from sqlalchemy.util import await_only, greenlet_spawn
+from sqlalchemy.pool import NullPool
+
+# The one use of SQLAlchemy's internals in this service, isolated here: greenlet_spawn runs
+# a sync function in a greenlet of its own, as AsyncConnection.run_sync does, but with the
+# checkout and checkin inside that one greenlet instead of three. On the reads that every
+# request makes this saves about a tenth of the request's CPU (docs/performance.md).
+# tests/test_database.py fails at once if SQLAlchemy moves or changes it.
+from sqlalchemy.util import greenlet_spawn
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
@@ -18,69 +25,16 @@ from app.core.dialect import (
     engine_options,
 )
 
-
-class FairAsyncQueuePool(AsyncAdaptedQueuePool):
-    """SQLAlchemy's async pool, with connections handed out in the order they were asked for.
-
-    The stock pool lets a newly arrived request take a connection that was just returned,
-    ahead of requests already waiting; under load some requests then wait until
-    `pool_timeout` runs out and fail. Here every checkout first takes a permit from a FIFO
-    semaphore with one permit per connection the pool may open, so the pool itself never
-    has anyone waiting and the semaphore decides, first come first served.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._permits = asyncio.Semaphore(self.size() + max(self._max_overflow, 0))
-        self.waiting = 0  # checkouts waiting for a connection now
-
-    def _do_get(self) -> ConnectionPoolEntry:
-        try:
-            await_only(self._take_permit())
-        except TimeoutError:
-            raise exc.TimeoutError(
-                f"no database connection free within {self._timeout:g} s "
-                f"(pool size {self.size()}, overflow {self._max_overflow})"
-            ) from None
-        try:
-            return super()._do_get()
-        except BaseException:
-            self._permits.release()
-            raise
-
-    async def _take_permit(self) -> None:
-        # Awaited in the caller's own task (no wait_for task), so a waiter joins the
-        # queue at once and nobody can slip in ahead of it.
-        if not self._permits.locked():
-            await self._permits.acquire()  # free: returns without waiting
-            return
-        self.waiting += 1
-        try:
-            async with asyncio.timeout(self._timeout):
-                await self._permits.acquire()
-        finally:
-            self.waiting -= 1
-
-    def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        try:
-            super()._do_return_conn(record)
-        finally:
-            self._permits.release()
-
-
 P = ParamSpec("P")
 T = TypeVar("T")
 
 
 class Database:
-    """One engine, its session factory, `read` and `write_one`, created per application instance.
+    """One engine and what runs on it, created per application instance.
 
-    `sessionmaker` opens transactional sessions, for writes that load ORM objects and
-    change them. `read` runs queries that only read (the current user on every request,
-    pages, single rows) on the same pool, in the database's cheapest safe way to read: see
-    READ_ONLY_OPTIONS in app/core/dialect.py. `write_one` runs a change of one Core
-    statement (an insert) as a transaction of its own, in autocommit where that saves
-    round trips.
+    `sessionmaker` opens the sessions that units of work change data in. `read` and
+    `write_one` are the repositories' fast paths: a function of a sync Connection runs
+    on a pooled connection, checkout to checkin in one greenlet.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -91,7 +45,6 @@ class Database:
             "pool_size": settings.db_pool_size,
             "max_overflow": settings.db_max_overflow,
             "pool_timeout": settings.db_pool_timeout_seconds,
-            "poolclass": FairAsyncQueuePool,
             # Errors and logs never show a statement's values (password hashes among them).
             "hide_parameters": True,
             **engine_options(),
@@ -117,26 +70,19 @@ class Database:
     async def read(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """Run `query(connection, *args, **kwargs)` on a pooled connection, for reads only.
-
-        `query` is a plain function of a Connection: checkout, its statements and checkin
-        run in one greenlet, as AsyncConnection.run_sync runs its function, instead of one
-        greenlet and one ORM session per step. On the hot reads that halves SQLAlchemy's
-        cost per request (docs/benchmarks.md).
-        """
+        """Run `query(connection, *args, **kwargs)`, which only reads, on a pooled
+        connection set up for reading (READ_ONLY_OPTIONS in app/core/dialect.py)."""
         return await greenlet_spawn(self._read, lambda conn: query(conn, *args, **kwargs))
 
     async def write_one(
         self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
         """Run `change(connection, *args, **kwargs)`, which executes exactly one statement
-        (an insert), as a transaction of its own. In one greenlet, as `read`: for a change
-        with no ORM object to load first.
+        (an insert), as a transaction of its own.
 
         One statement is atomic by itself, so where the database allows it cheaply it runs
-        in autocommit: one round trip instead of BEGIN, the statement and COMMIT (see
-        SINGLE_STATEMENT_OPTIONS in app/core/dialect.py). Elsewhere it runs in a
-        transaction: committed when it returns, rolled back if it raises.
+        in autocommit: one round trip instead of BEGIN, the statement and COMMIT
+        (SINGLE_STATEMENT_OPTIONS in app/core/dialect.py).
         """
         return await greenlet_spawn(self._write_one, lambda conn: change(conn, *args, **kwargs))
 
@@ -160,6 +106,62 @@ class Database:
     async def dispose(self) -> None:
         await self.engine.dispose()
         await self._probe_engine.dispose()
+
+
+class UnitOfWork:
+    """One request's (or one command's) access to the database.
+
+    Repositories read and write through it; a service ends each change with `commit()`.
+    The session, and with it a pooled connection, opens on first use, so a request that
+    only reads through the fast path never opens one.
+    """
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+        self._session: AsyncSession | None = None
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self.database.sessionmaker()
+        return self._session
+
+    async def read(
+        self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """See Database.read."""
+        return await self.database.read(query, *args, **kwargs)
+
+    async def write_one(
+        self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """See Database.write_one: committed on its own, whatever the session holds."""
+        return await self.database.write_one(change, *args, **kwargs)
+
+    async def commit(self) -> None:
+        if self._session is not None:
+            await self._session.commit()
+
+    async def rollback(self) -> None:
+        if self._session is not None:
+            await self._session.rollback()
+
+    async def close(self) -> None:
+        """Give the session's connection back; what was not committed is rolled back."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
 
 
 def read_page(

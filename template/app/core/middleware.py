@@ -10,10 +10,14 @@ import re
 import time
 import uuid
 
+from fastapi.responses import JSONResponse
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger("app.access")
+# What a 503 tells the client to wait before trying again.
+RETRY_AFTER_SECONDS = 5
+BUSY_DETAIL = "The service is busy; try again shortly"
 REQUEST_ID_HEADER = "X-Request-ID"
 # Accept a caller's request id only if it is short and harmless in logs and headers.
 _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -59,6 +63,15 @@ class RequestLogMiddleware:
                     "duration_ms": duration_ms,
                 },
             )
+
+
+def busy_response() -> JSONResponse:
+    """The 503 of a service too busy to take the request now."""
+    return JSONResponse(
+        {"detail": BUSY_DETAIL},
+        status_code=503,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 async def send_json(

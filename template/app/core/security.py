@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import math
 import os
-import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -53,16 +52,6 @@ def _hashable(password: str) -> bool:
 
 
 T = TypeVar("T")
-# Hashing threads yield the CPU to the event loop thread, so that cheap requests keep a
-# short latency while logins use every core. (A lower priority needs no privilege.)
-HASHING_NICENESS = 10
-
-
-def _lower_thread_priority() -> None:
-    # Where not permitted (or not on Linux), hashing simply runs at normal priority.
-    if hasattr(os, "setpriority"):
-        with contextlib.suppress(OSError):
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICENESS)
 
 
 # A hash at bcrypt cost 12 takes about this long on one core of a current server; each
@@ -90,8 +79,9 @@ class PasswordHasher:
     cores idle while logins wait. At most `queue_limit` hashes are pending (waiting or
     running) at once; beyond that a new one raises HashingBusy at once.
 
-    `waiting` wraps each wait for a hash: the service gives a request's admission place
-    back there (app/core/admission.py), and the hasher itself knows nothing of HTTP.
+    `waiting` wraps each wait for a hash: admission control (app/runtime/admission.py)
+    sets it to give the request's place back meanwhile; the hasher knows nothing of HTTP.
+    `thread_initializer` runs in each hashing thread as it starts.
     """
 
     def __init__(
@@ -99,18 +89,18 @@ class PasswordHasher:
         rounds: int,
         *,
         queue_limit: int | None = None,
-        waiting: Callable[[], AbstractAsyncContextManager[None]] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         self._context = CryptContext(schemes=["bcrypt"], bcrypt__rounds=rounds)
         cores = os.cpu_count() or 1
         self._executor = ThreadPoolExecutor(
             max_workers=cores,
             thread_name_prefix="password-hashing",
-            initializer=_lower_thread_priority,
+            initializer=thread_initializer,
         )
         self.queue_limit = queue_limit or default_queue_limit(rounds, cores)
         self._pending = 0
-        self._waiting = waiting or contextlib.nullcontext
+        self.waiting: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext
 
     def check_capacity(self) -> None:
         """Raise HashingBusy now if a hash asked for now would be refused."""
@@ -121,7 +111,7 @@ class PasswordHasher:
         self.check_capacity()
         self._pending += 1
         try:
-            async with self._waiting():
+            async with self.waiting():
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._executor, function, *args)
         finally:
@@ -168,9 +158,8 @@ class TokenClaims:
     role: str
 
 
-# Tokens remembered after their signature and claims were checked, so a client's token
-# is verified once, not on every request (decoding costs about as much as the database
-# read of the current user).
+# Tokens remembered after their signature and claims were checked, so that a client's
+# token is decoded once, not on every request.
 VERIFIED_TOKENS_KEPT = 4096
 
 

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import ColumnElement, Table, and_, case, delete, literal, or_, update
 from sqlmodel import select
-from sqlmodel.ext.asyncio.session import AsyncSession
 
+from app.core.db import UnitOfWork
 from app.core.dialect import insert_or_update
 from app.models.throttle import AttemptCounter
 from app.models.types import UTCDateTime
@@ -39,8 +39,11 @@ def _matches(key: CounterKey) -> ColumnElement[bool]:
 
 
 class AttemptCounterRepository:
-    def __init__(self, session: AsyncSession) -> None:
-        self.session = session
+    """Counters change in the unit of work's session, so that the caller's transaction
+    decides when a count holds."""
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
 
     async def add(self, key: CounterKey, now: datetime, window: timedelta) -> None:
         """Count one attempt for `key`, in one statement. A window that has ended starts
@@ -63,7 +66,7 @@ class AttemptCounterRepository:
                 ),
             },
         )
-        await self.session.exec(statement)
+        await self.uow.session.exec(statement)
 
     async def get_many(self, keys: Sequence[CounterKey]) -> dict[CounterKey, Count]:
         statement = select(AttemptCounter).where(or_(*(_matches(key) for key in keys)))
@@ -71,16 +74,16 @@ class AttemptCounterRepository:
             CounterKey(row.scope, row.email, row.address): Count(
                 row.attempts, row.window_started_at
             )
-            for row in (await self.session.exec(statement)).all()
+            for row in (await self.uow.session.exec(statement)).all()
         }
 
     async def take_back(self, key: CounterKey) -> None:
         """Uncount one attempt (one that turned out not to be a failure)."""
-        await self.session.exec(
+        await self.uow.session.exec(
             update(COUNTERS)
             .where(_matches(key), COUNTERS.c.attempts > 0)
             .values(attempts=COUNTERS.c.attempts - 1)
         )
 
     async def clear(self, key: CounterKey) -> None:
-        await self.session.exec(delete(COUNTERS).where(_matches(key)))
+        await self.uow.session.exec(delete(COUNTERS).where(_matches(key)))

@@ -2,13 +2,18 @@
 
 from datetime import timedelta
 
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from app.core.config import Settings
+from app.core.db import UnitOfWork
 from app.core.roles import DEFAULT_ROLE
-from app.core.security import AccessToken, HashingBusy, PasswordHasher, TokenService
+from app.core.security import (
+    AccessToken,
+    HashingBusy,
+    InvalidTokenError,
+    PasswordHasher,
+    TokenService,
+)
 from app.models.types import utcnow
-from app.models.user import User
+from app.models.user import Principal, User
 from app.repositories.errors import DuplicateKeyError
 from app.repositories.throttle import CounterKey
 from app.repositories.user import UserRepository
@@ -16,6 +21,7 @@ from app.schemas.user import UserCreate
 from app.services.errors import (
     EmailTaken,
     InvalidCredentials,
+    NotAuthenticated,
     TooManyAttempts,
     TooManyRegistrations,
 )
@@ -34,14 +40,14 @@ REGISTRATION_WINDOW = timedelta(hours=1)
 class AuthService:
     def __init__(
         self,
-        session: AsyncSession,
+        uow: UnitOfWork,
         hasher: PasswordHasher,
         tokens: TokenService,
         settings: Settings,
     ) -> None:
-        self.session = session
-        self.users = UserRepository(session)
-        self.limiter = AttemptLimiter(session)
+        self.uow = uow
+        self.users = UserRepository(uow)
+        self.limiter = AttemptLimiter(uow)
         self.hasher = hasher
         self.tokens = tokens
         self.settings = settings
@@ -57,7 +63,7 @@ class AuthService:
         )
         retry_after = await self.limiter.count([limit], utcnow())
         # Committed either way: refused attempts count too.
-        await self.session.commit()
+        await self.uow.commit()
         if retry_after is not None:
             raise TooManyRegistrations(retry_after)
         user = User(
@@ -70,7 +76,7 @@ class AuthService:
             await self.users.save(user)
         except DuplicateKeyError:
             raise EmailTaken() from None
-        await self.session.commit()
+        await self.uow.commit()
         return user
 
     def _login_limits(self, email: str, address: str) -> list[Limit]:
@@ -102,12 +108,12 @@ class AuthService:
         limits = self._login_limits(email, address)
         retry_after = await self.limiter.count(limits, utcnow())
         if retry_after is not None:
-            await self.session.rollback()
+            await self.uow.rollback()
             raise TooManyAttempts(retry_after)
-        user = await self.users.get_by_email(email)
+        user = await self.users.load_by_email(email)
         # Hashing takes hundreds of milliseconds: hold no transaction (and no pooled
         # connection) while it runs.
-        await self.session.commit()
+        await self.uow.commit()
 
         try:
             if user is None:
@@ -117,7 +123,7 @@ class AuthService:
         except HashingBusy:
             # The queue filled up since the check above: no password was checked.
             await self.limiter.take_back(limits)
-            await self.session.commit()
+            await self.uow.commit()
             raise
         if not valid or not user.is_active:
             raise InvalidCredentials()
@@ -132,5 +138,28 @@ class AuthService:
             # the password is known.
             user.hashed_password = new_hash
             await self.users.save(user)
-        await self.session.commit()
+        await self.uow.commit()
         return self.tokens.issue(user.id, user.role)
+
+
+class Authenticator:
+    """Who a request's bearer token names."""
+
+    def __init__(self, uow: UnitOfWork, tokens: TokenService) -> None:
+        self.users = UserRepository(uow)
+        self.tokens = tokens
+
+    async def caller(self, token: str | None) -> Principal:
+        """The user `token` names, read from the database on every request: the role and
+        active flag come from there, not from the token, so a demoted, deactivated or
+        deleted user loses access at once."""
+        if not token:
+            raise NotAuthenticated()
+        try:
+            claims = self.tokens.read(token)
+        except InvalidTokenError:
+            raise NotAuthenticated("Invalid or expired token") from None
+        user = await self.users.get_principal(claims.user_id)
+        if user is None or not user.is_active:
+            raise NotAuthenticated("Invalid or expired token")
+        return user

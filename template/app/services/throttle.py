@@ -5,8 +5,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlmodel.ext.asyncio.session import AsyncSession
-
+from app.core.db import UnitOfWork
 from app.repositories.throttle import AttemptCounterRepository, CounterKey
 
 
@@ -20,15 +19,15 @@ class Limit:
 
 
 class AttemptLimiter:
-    """Counts attempts against limits, in the caller's transaction.
+    """Counts attempts against limits, in the caller's unit of work (its transaction).
 
     Counting comes before the work it limits (a password check): the counter rows stay
     locked until the transaction ends, so concurrent attempts for one key are counted
     one after another, and the attempts over a limit see that they are.
     """
 
-    def __init__(self, session: AsyncSession) -> None:
-        self.counters = AttemptCounterRepository(session)
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.counters = AttemptCounterRepository(uow)
 
     async def count(self, limits: Sequence[Limit], now: datetime) -> int | None:
         """Count one attempt against every limit. Returns None when all of them allow it;

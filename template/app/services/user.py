@@ -3,47 +3,39 @@
 import uuid
 from typing import Any
 
-from sqlmodel.ext.asyncio.session import AsyncSession
-
-from app.core.db import Database
+from app.core.db import UnitOfWork
 from app.core.roles import ADMIN_ROLE
 from app.core.security import PasswordHasher
 from app.models.types import utcnow
 from app.models.user import Principal, User
 from app.repositories.errors import DuplicateKeyError
-from app.repositories.user import UserRepository, read_principal, read_user_page
+from app.repositories.user import UserRepository
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserSelfUpdate
 from app.services.errors import EmailTaken, InvalidCredentials, LastAdministrator, NotFound
 
 USER_NOT_FOUND = "User not found"
 
 
-class UserReader:
-    """Reading users: no transaction, no ORM objects (see Database.read)."""
+class UserService:
+    """Users managing themselves and administrators managing users; each change is one
+    transaction."""
 
-    def __init__(self, database: Database) -> None:
-        self.database = database
+    def __init__(self, uow: UnitOfWork, hasher: PasswordHasher) -> None:
+        self.uow = uow
+        self.users = UserRepository(uow)
+        self.hasher = hasher
 
     async def page(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        return await self.database.read(read_user_page, offset, limit)
+        return await self.users.page(offset, limit)
 
     async def get(self, user_id: uuid.UUID) -> Principal:
-        user = await self.database.read(read_principal, user_id)
+        user = await self.users.get_principal(user_id)
         if user is None:
             raise NotFound(USER_NOT_FOUND)
         return user
 
-
-class UserService:
-    """Changing users, each change in one transaction."""
-
-    def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
-        self.session = session
-        self.users = UserRepository(session)
-        self.hasher = hasher
-
     async def update_self(self, user_id: uuid.UUID, changes: UserSelfUpdate) -> User:
-        user = await self.get(user_id)
+        user = await self._load(user_id)
         for field, value in changes.model_dump(exclude_unset=True).items():
             setattr(user, field, value)
         user.updated_at = utcnow()
@@ -51,13 +43,13 @@ class UserService:
             await self.users.save(user)
         except DuplicateKeyError:
             raise EmailTaken() from None
-        await self.session.commit()
+        await self.uow.commit()
         return user
 
     async def change_password(self, user_id: uuid.UUID, change: PasswordChange) -> None:
-        user = await self.get(user_id)
+        user = await self._load(user_id)
         # No transaction stays open while bcrypt runs.
-        await self.session.commit()
+        await self.uow.commit()
         valid, _ = await self.hasher.verify_and_update(
             change.current_password, user.hashed_password
         )
@@ -66,10 +58,10 @@ class UserService:
         user.hashed_password = await self.hasher.hash(change.new_password)
         user.updated_at = utcnow()
         await self.users.save(user)
-        await self.session.commit()
+        await self.uow.commit()
 
-    async def get(self, user_id: uuid.UUID) -> User:
-        user = await self.users.get(user_id)
+    async def _load(self, user_id: uuid.UUID) -> User:
+        user = await self.users.load(user_id)
         if user is None:
             raise NotFound(USER_NOT_FOUND)
         return user
@@ -86,7 +78,7 @@ class UserService:
             setattr(user, field, value)
         user.updated_at = utcnow()
         await self.users.save(user)
-        await self.session.commit()
+        await self.uow.commit()
         return user
 
     async def delete(self, user_id: uuid.UUID) -> None:
@@ -94,7 +86,7 @@ class UserService:
         if _is_active_admin(user) and not another_admin:
             raise LastAdministrator()
         await self.users.delete(user)
-        await self.session.commit()
+        await self.uow.commit()
 
     async def _lock_for_admin_change(self, user_id: uuid.UUID) -> tuple[User, bool]:
         """Lock the user and the active administrators; say whether another one remains.
@@ -103,9 +95,9 @@ class UserService:
         locks first, always in the same order, so two such changes run one after the
         other and the second sees what the first did.
         """
-        await self.session.commit()  # start a fresh transaction: the lock comes first
+        await self.uow.commit()  # start a fresh transaction: the lock comes first
         admins = await self.users.lock_active_with_role(ADMIN_ROLE)
-        user = await self.users.get(user_id, for_update=True)
+        user = await self.users.load(user_id, for_update=True)
         if user is None:
             raise NotFound(USER_NOT_FOUND)
         return user, any(admin_id != user.id for admin_id in admins)
@@ -118,20 +110,20 @@ def _is_active_admin(user: User) -> bool:
 class AdminBootstrap:
     """Creates the first administrator, or promotes an existing user; safe to repeat."""
 
-    def __init__(self, session: AsyncSession, hasher: PasswordHasher) -> None:
-        self.session = session
-        self.users = UserRepository(session)
+    def __init__(self, uow: UnitOfWork, hasher: PasswordHasher) -> None:
+        self.uow = uow
+        self.users = UserRepository(uow)
         self.hasher = hasher
 
     async def ensure_admin(self, email: str, password: str) -> str:
         """Make `email` an active administrator and say what was done."""
-        user = await self.users.get_by_email(email)
+        user = await self.users.load_by_email(email)
         if user is None:
             user = User(
                 email=email, hashed_password=await self.hasher.hash(password), role=ADMIN_ROLE
             )
             await self.users.save(user)
-            await self.session.commit()
+            await self.uow.commit()
             return f"Created administrator {email}"
         if _is_active_admin(user):
             return f"{email} is already an administrator; nothing changed"
@@ -139,5 +131,5 @@ class AdminBootstrap:
         user.is_active = True
         user.updated_at = utcnow()
         await self.users.save(user)
-        await self.session.commit()
+        await self.uow.commit()
         return f"Promoted {email} to administrator (password unchanged)"

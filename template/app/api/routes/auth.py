@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, status
 
-from app.api.deps import ClientAddress, HasherDep, SessionDep, SettingsDep, TokenServiceDep
+from app.api.deps import ClientAddress, HasherDep, SettingsDep, TokenServiceDep, UnitOfWorkDep
 from app.schemas.common import error
 from app.schemas.user import LoginForm, Token, UserCreate, UserPublic
 from app.services.auth import AuthService
@@ -13,9 +13,9 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 async def get_auth_service(
-    session: SessionDep, hasher: HasherDep, tokens: TokenServiceDep, settings: SettingsDep
+    uow: UnitOfWorkDep, hasher: HasherDep, tokens: TokenServiceDep, settings: SettingsDep
 ) -> AuthService:
-    return AuthService(session, hasher, tokens, settings)
+    return AuthService(uow, hasher, tokens, settings)
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]

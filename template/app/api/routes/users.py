@@ -5,10 +5,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.api.deps import AdminUser, CurrentUser, DatabaseDep, HasherDep, SessionDep
+from app.api.deps import CurrentUser, HasherDep, RequireAdmin, UnitOfWorkDep
 from app.schemas.common import Page, PageParams, Responses, error
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserPublic, UserSelfUpdate
-from app.services.user import UserReader, UserService
+from app.services.user import UserService
 
 router = APIRouter(
     prefix="/users", tags=["users"], responses={401: error("Missing, invalid or expired token")}
@@ -17,16 +17,11 @@ UserPage = Page[UserPublic]
 ADMIN_ONLY: Responses = {403: error("Only the administrator may do this")}
 
 
-async def get_user_service(session: SessionDep, hasher: HasherDep) -> UserService:
-    return UserService(session, hasher)
-
-
-async def get_user_reader(database: DatabaseDep) -> UserReader:
-    return UserReader(database)
+async def get_user_service(uow: UnitOfWorkDep, hasher: HasherDep) -> UserService:
+    return UserService(uow, hasher)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
-UserReaderDep = Annotated[UserReader, Depends(get_user_reader)]
 
 
 @router.get("/me")
@@ -54,17 +49,21 @@ async def change_password(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("", responses=ADMIN_ONLY)
+@router.get("", responses=ADMIN_ONLY, dependencies=[RequireAdmin])
 async def list_users(
-    _admin: AdminUser, service: UserReaderDep, page: Annotated[PageParams, Query()]
+    service: UserServiceDep, page: Annotated[PageParams, Query()]
 ) -> Page[UserPublic]:
     users, total = await service.page(page.offset, page.limit)
     # One validation of the whole page, from dicts: far cheaper than one call per row.
     return UserPage.model_validate({"items": users, "total": total})
 
 
-@router.get("/{user_id:uuid}", responses={**ADMIN_ONLY, 404: error("No such user")})
-async def read_user(user_id: uuid.UUID, _admin: AdminUser, service: UserReaderDep) -> UserPublic:
+@router.get(
+    "/{user_id:uuid}",
+    responses={**ADMIN_ONLY, 404: error("No such user")},
+    dependencies=[RequireAdmin],
+)
+async def read_user(user_id: uuid.UUID, service: UserServiceDep) -> UserPublic:
     return UserPublic.model_validate(await service.get(user_id))
 
 
@@ -75,9 +74,10 @@ async def read_user(user_id: uuid.UUID, _admin: AdminUser, service: UserReaderDe
         404: error("No such user"),
         409: error("It would leave no active administrator"),
     },
+    dependencies=[RequireAdmin],
 )
 async def update_user(
-    user_id: uuid.UUID, changes: UserAdminUpdate, _admin: AdminUser, service: UserServiceDep
+    user_id: uuid.UUID, changes: UserAdminUpdate, service: UserServiceDep
 ) -> UserPublic:
     return UserPublic.model_validate(await service.administer(user_id, changes))
 
@@ -90,7 +90,8 @@ async def update_user(
         404: error("No such user"),
         409: error("It would leave no active administrator"),
     },
+    dependencies=[RequireAdmin],
 )
-async def delete_user(user_id: uuid.UUID, _admin: AdminUser, service: UserServiceDep) -> Response:
+async def delete_user(user_id: uuid.UUID, service: UserServiceDep) -> Response:
     await service.delete(user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)

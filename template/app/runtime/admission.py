@@ -1,14 +1,15 @@
 """Admission control: how many requests the application works on at once.
 
 A worker can use only as many database connections as its pool holds. Requests beyond
-that used to wait for a connection deep inside the application, each one already holding
-its parsed body, its dependencies and its session; with hundreds of connections open the
-CPU's caches could no longer hold all those half-done requests, and every request cost
-up to a third more CPU than with a few (docs/benchmarks.md). Here the surplus waits at the door
-instead, before any of that exists, so the cost of a request stays flat as load grows.
+that would wait for a connection deep inside the application, each holding its parsed
+body, its dependencies and its session, and under load every request would cost more CPU
+(docs/performance.md). Here the surplus waits at the door instead, before any of that
+exists. Since a request holds at most one connection at a time, the pool itself then
+never has anyone waiting, and the door's order (first come, first served) is the order
+in which connections are handed out.
 
-Waiting is first come, first served, and bounded: a request not let in within the pool's
-timeout gets 503 with Retry-After, as one that waits too long for a connection does.
+Waiting is bounded: a request not let in within the pool's timeout gets 503 with
+Retry-After, as one that waits too long for a connection does.
 """
 
 import asyncio
@@ -17,12 +18,28 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.core.middleware import send_json
+from app.core.config import Settings
+from app.core.middleware import BUSY_DETAIL, RETRY_AFTER_SECONDS, busy_response, send_json
 
-# What a 503 tells the client to wait before trying again, here and in app/main.py.
-RETRY_AFTER_SECONDS = 5
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Admit at most as many requests as the pool can serve, and have password checks
+    give their place back while they wait (PasswordHasher.waiting)."""
+    app.add_middleware(
+        AdmissionMiddleware,
+        limit=settings.db_pool_size + settings.db_max_overflow,
+        timeout_seconds=settings.db_pool_timeout_seconds,
+    )
+    app.state.password_hasher.waiting = stepped_out
+
+    async def service_busy(request: Request, exc: Exception) -> JSONResponse:
+        return busy_response()
+
+    app.add_exception_handler(ServiceBusy, service_busy)
 
 
 class ServiceBusy(Exception):
@@ -99,7 +116,7 @@ class AdmissionMiddleware:
         self.exempt_prefixes = exempt_prefixes
         self._slots = asyncio.Semaphore(limit)  # first come, first served
         self.waiting = 0  # requests waiting at the door now
-        self._busy_body = json.dumps({"detail": "The service is busy; try again shortly"}).encode()
+        self._busy_body = json.dumps({"detail": BUSY_DETAIL}).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):

@@ -1,11 +1,9 @@
-"""The event loop the server runs on: `uvicorn app.main:app --loop app.core.loop:new_event_loop`.
+"""The event loop the server runs on: `uvicorn app.main:app --loop app.runtime.loop:new_event_loop`.
 
-asyncio's own loop, for two measured reasons (docs/benchmarks.md in the template):
-- under full load uvloop left some connections unanswered for seconds, while asyncio's
-  loop serves every connection in turn;
-- asyncio sets TCP_NODELAY only on connections whose socket says `proto` IPPROTO_TCP.
-  With `--workers`, uvicorn binds the listening socket itself with `proto` 0, so every
-  response waited for the client's delayed ACK, about 40 ms. This loop fixes that.
+asyncio's own loop, which serves every connection in turn under full load (uvloop left
+some unanswered for seconds), with TCP_NODELAY on every accepted connection: with
+`--workers` uvicorn binds the socket itself, and asyncio would set none. Figures in
+docs/performance.md.
 """
 
 import asyncio
