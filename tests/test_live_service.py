@@ -39,9 +39,10 @@ def request(url: str, data: bytes | None = None, headers: dict[str, str] | None 
 def served(project: Project, env: dict[str, str]) -> Iterator[str]:
     port = free_port()
     log = (project.path / "uvicorn.log").open("w")
+    command = ["uv", "run", "uvicorn", "app.main:app", "--port", str(port)]
+    command += ["--no-access-log", "--no-proxy-headers"]
     process = subprocess.Popen(
-        ["uv", "run", "uvicorn", "app.main:app", "--port", str(port), "--no-access-log",
-         "--no-proxy-headers"],  # fmt: skip
+        command,
         cwd=project.path,
         env={**project_env(), **env},
         stdout=log,

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -89,6 +90,9 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "login_max_failures_per_address": 10_000,
         "login_max_failures_per_account": 10_000,
         "register_max_per_address_per_hour": 10_000,
+        # Refusals are answered at once, so that tests of limits do not wait for them
+        # (tests/test_admission.py tests the pause).
+        "refusal_pause_seconds": 0,
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[arg-type]
@@ -156,6 +160,33 @@ def client_from(address: str, base_url: str) -> AsyncClient:
     """A client whose connections leave from `address` (any of 127.0.0.0/8)."""
     transport = AsyncHTTPTransport(local_address=address)
     return AsyncClient(transport=transport, base_url=base_url)
+
+
+class BlockedHashing:
+    """Stands in for passlib's context: every password check waits until `release` is
+    set (bounded by GUARD_SECONDS, so that a regression fails instead of hanging)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.waited_in_vain = False
+
+    def _wait(self) -> None:
+        self.started.set()
+        if not self.release.wait(GUARD_SECONDS):
+            self.waited_in_vain = True
+
+    def verify_and_update(self, password: str, hashed: str) -> Any:
+        self._wait()
+        return self.inner.verify_and_update(password, hashed)
+
+    def verify(self, password: str, hashed: str) -> Any:
+        self._wait()
+        return self.inner.verify(password, hashed)
+
+    def hash(self, password: str) -> Any:
+        return self.inner.hash(password)
 
 
 @pytest.fixture

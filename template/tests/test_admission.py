@@ -152,3 +152,32 @@ async def test_a_login_gives_its_place_back_while_its_password_is_hashed(
     with blocked_hashing(app) as (started, go):
         await asyncio.wait_for(scenario(started, go), GUARD_SECONDS)
     assert gate_of(app).waiting == 0
+
+
+async def test_a_refusal_is_sent_late_and_gives_its_place_back_meanwhile() -> None:
+    entered: list[str] = []
+    answered: list[str] = []
+
+    async def application(scope: Scope, receive: Receive, send: Send) -> None:
+        entered.append(scope["path"])
+        status = 429 if scope["path"] == "/refused" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        answered.append(scope["path"])
+
+    gate = AdmissionMiddleware(
+        application, limit=1, timeout_seconds=GUARD_SECONDS, refusal_pause_seconds=GUARD_SECONDS
+    )
+
+    async def scenario() -> tuple[int, int]:
+        refused = asyncio.create_task(call(gate, "/refused"))
+        await wait_until(
+            lambda: entered == ["/refused"] and not gate._slots.locked(), "the refusal's pause"
+        )
+        # The only place is free during the pause: another request is served at once.
+        status, _, _ = await call(gate, "/served")
+        assert not refused.done()
+        refused.cancel()
+        return status, len(answered)
+
+    assert await asyncio.wait_for(scenario(), GUARD_SECONDS) == (200, 1)

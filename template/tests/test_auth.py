@@ -1,8 +1,6 @@
 """Registration and login over HTTP."""
 
 import asyncio
-import threading
-from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -12,7 +10,7 @@ from sqlmodel import func, select
 from app.core.roles import DEFAULT_ROLE
 from app.core.security import PasswordHasher
 from app.models.user import User
-from tests.conftest import PASSWORD, UseHasher
+from tests.conftest import GUARD_SECONDS, PASSWORD, BlockedHashing, UseHasher
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -216,34 +214,17 @@ async def test_concurrent_registrations_with_one_email_create_one_user(
         assert count.one() == 1
 
 
-class BlockingCryptContext:
-    """Wraps passlib's context: each verification waits until released."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.started = threading.Event()
-        self.release = threading.Event()
-        self.waited_in_vain = False
-
-    def verify_and_update(self, password: str, hashed: str) -> Any:
-        self.started.set()
-        # Bounded, so that a regression fails the test instead of hanging it.
-        if not self.release.wait(timeout=10):
-            self.waited_in_vain = True
-        return self.inner.verify_and_update(password, hashed)
-
-
 async def test_health_is_answered_while_logins_are_hashing(
     client: AsyncClient, use_hasher: UseHasher
 ) -> None:
     await register(client, "slow@example.com")
     hasher = use_hasher(PasswordHasher(rounds=4))
-    blocking = BlockingCryptContext(hasher._context)
+    blocking = BlockedHashing(hasher._context)
     hasher._context = blocking
     logins = [asyncio.create_task(login(client, "slow@example.com")) for _ in range(3)]
     try:
         # Wait, off the event loop, until a verification is running.
-        assert await asyncio.to_thread(blocking.started.wait, 10)
+        assert await asyncio.to_thread(blocking.started.wait, GUARD_SECONDS)
         # Were hashing on the event loop, nothing could be answered until it finished.
         health = await client.get("/health")
         assert health.status_code == 200

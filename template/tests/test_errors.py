@@ -3,7 +3,6 @@ traceback, an overloaded service a 503 with Retry-After, and readiness answers i
 
 import asyncio
 import logging
-import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,7 +18,14 @@ from app.core.security import PasswordHasher
 from app.models.throttle import AttemptCounter
 from app.models.user import Principal
 from app.runtime.admission import stepped_out
-from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, gate_of, make_settings
+from tests.conftest import (
+    GUARD_SECONDS,
+    PASSWORD,
+    BlockedHashing,
+    MakeUser,
+    gate_of,
+    make_settings,
+)
 
 HASH_IN_A_PARAMETER = "$2b$12$abcdefghijklmnopqrstuv0123456789ABCDEFGHIJKLMNOPQRSTU"
 
@@ -75,25 +81,6 @@ async def test_readiness_answers_at_once_while_every_pooled_connection_is_busy(
     assert response.json() == {"status": "ok", "database": "ok"}
 
 
-class BlockingContext:
-    """Stands in for passlib's context: verifications wait until released."""
-
-    def __init__(self, inner: object) -> None:
-        self.inner = inner
-        self.started = threading.Event()
-        self.release = threading.Event()
-
-    def verify_and_update(self, password: str, hashed: str) -> object:
-        self.started.set()
-        self.release.wait(GUARD_SECONDS)
-        return self.inner.verify_and_update(password, hashed)  # type: ignore[attr-defined]
-
-    def verify(self, password: str, hashed: str) -> object:
-        self.started.set()
-        self.release.wait(GUARD_SECONDS)
-        return self.inner.verify(password, hashed)  # type: ignore[attr-defined]
-
-
 async def test_a_login_beyond_the_hashing_queue_gets_503_at_once_and_is_not_counted(
     app: FastAPI, client: AsyncClient, make_user: MakeUser
 ) -> None:
@@ -102,7 +89,7 @@ async def test_a_login_beyond_the_hashing_queue_gets_503_at_once_and_is_not_coun
     hasher = PasswordHasher(rounds=4, queue_limit=2)
     hasher.waiting = stepped_out
     app.state.password_hasher = hasher
-    blocking = BlockingContext(hasher._context)
+    blocking = BlockedHashing(hasher._context)
     hasher._context = blocking
     form = {"username": user.email, "password": PASSWORD}
     try:
@@ -130,7 +117,7 @@ async def test_a_request_that_cannot_get_back_in_after_hashing_gets_503(
     app: FastAPI, client: AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    blocking = BlockingContext(app.state.password_hasher._context)
+    blocking = BlockedHashing(app.state.password_hasher._context)
     app.state.password_hasher._context = blocking
     gate = gate_of(app)
     try:

@@ -8,11 +8,22 @@ from ipaddress import ip_network
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient, Response
+from sqlmodel import select
 
 from app.core.client import ClientAddresses
 from app.core.config import Settings
+from app.core.security import PasswordHasher
 from app.main import create_app
-from tests.conftest import PASSWORD, client_from, make_settings, serving
+from app.models.throttle import AttemptCounter
+from tests.conftest import (
+    GUARD_SECONDS,
+    PASSWORD,
+    BlockedHashing,
+    UseHasher,
+    client_from,
+    make_settings,
+    serving,
+)
 
 REGISTER = "/api/v1/auth/register"
 LOGIN = "/api/v1/auth/login"
@@ -75,6 +86,50 @@ async def test_concurrent_wrong_passwords_check_at_most_the_limit(
             assert_throttled(response, settings.login_lockout_minutes * 60)
     # Still locked, even with the right password.
     assert_throttled(await login(client, "target@example.com"), settings.login_lockout_minutes * 60)
+
+
+async def test_concurrent_right_passwords_beyond_the_limit_are_told_to_retry_at_once(
+    app: FastAPI, client: AsyncClient, use_hasher: UseHasher
+) -> None:
+    limit = app.state.settings.login_max_failures
+    await register(client, "busy@example.com")
+    hasher = use_hasher(PasswordHasher(rounds=4))
+    blocked = BlockedHashing(hasher._context)
+    hasher._context = blocked
+    logins = [asyncio.create_task(login(client, "busy@example.com")) for _ in range(20)]
+    try:
+        # A password is known to be right only once checked: at most the limit's
+        # checks run at once, and the others are told to come back in a moment.
+        refused = []
+        async with asyncio.timeout(GUARD_SECONDS):
+            for finished in asyncio.as_completed(logins):
+                refused.append(await finished)
+                if len(refused) == 20 - limit:
+                    break
+        for response in refused:
+            assert response.status_code == 429, response.text
+            assert response.headers["retry-after"] == "1"
+    finally:
+        blocked.release.set()
+    statuses = [response.status_code for response in await asyncio.gather(*logins)]
+    assert statuses.count(200) == limit, statuses
+    # None of it was a failure: the account is not locked, and nothing is left in flight.
+    assert (await login(client, "busy@example.com")).status_code == 200
+    async with app.state.database.sessionmaker() as session:
+        counters = (await session.exec(select(AttemptCounter))).all()
+    logins_counted = [counter for counter in counters if counter.scope.startswith("login")]
+    assert all((c.attempts, c.in_flight) == (0, 0) for c in logins_counted), logins_counted
+
+
+async def test_failed_logins_stay_counted_once_settled(app: FastAPI, client: AsyncClient) -> None:
+    await register(client, "settled@example.com")
+    for _ in range(2):
+        assert (await login(client, "settled@example.com", WRONG)).status_code == 401
+    async with app.state.database.sessionmaker() as session:
+        counters = (await session.exec(select(AttemptCounter))).all()
+    logins = [counter for counter in counters if counter.scope.startswith("login")]
+    assert len(logins) == 3  # the pair, the address and the account
+    assert all((c.attempts, c.in_flight) == (2, 0) for c in logins), logins
 
 
 async def test_the_owner_gets_in_from_another_address_while_the_attacker_is_locked(

@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     # Logins and registrations waiting for a password hash before new ones get 503; by
     # default about HASHING_QUEUE_SECONDS of work at the configured bcrypt cost.
     hashing_queue_limit: int | None = Field(default=None, ge=1)
+    # Seconds a refusal (429 or 503) waits before it is sent, holding no place in the queue.
+    refusal_pause_seconds: float = Field(default=1.0, ge=0, le=60)
     # Proxies (addresses or networks) whose X-Forwarded-For names the client.
     trusted_proxies: Annotated[list[IPv4Network | IPv6Network], NoDecode] = []
 

@@ -16,7 +16,8 @@ class AttemptCounter(SQLModel, table=True):
     worker process and every replica counts the same attempts.
 
     A key is a scope ("login", "login-address", ...) with the account's email and the
-    client's address; a part that is not in the key is the empty string.
+    client's address; a part that is not in the key is the empty string. An attempt is
+    counted before the work it limits and settled after it.
     """
 
     __tablename__ = "attempt_counters"
@@ -24,5 +25,8 @@ class AttemptCounter(SQLModel, table=True):
     scope: str = Field(primary_key=True, max_length=SCOPE_MAX_LENGTH)
     email: str = Field(primary_key=True, max_length=EMAIL_MAX_CHARS)
     address: str = Field(primary_key=True, max_length=ADDRESS_MAX_LENGTH)
+    # Attempts in this window, those still being checked (a password being hashed) included.
     attempts: int
+    # Of those, the ones still being checked: the rest are settled failures.
+    in_flight: int = Field(default=0)
     window_started_at: datetime = Field(sa_type=UTCDateTime)

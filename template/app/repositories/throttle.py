@@ -3,8 +3,9 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, delete, literal, or_, update
+from sqlalchemy import ColumnElement, Table, and_, case, literal, or_, update
 from sqlmodel import select
 
 from app.core.db import UnitOfWork
@@ -27,6 +28,7 @@ class CounterKey:
 @dataclass(frozen=True, slots=True)
 class Count:
     attempts: int
+    in_flight: int
     window_started_at: datetime
 
 
@@ -45,10 +47,14 @@ class AttemptCounterRepository:
     def __init__(self, uow: UnitOfWork) -> None:
         self.uow = uow
 
-    async def add(self, key: CounterKey, now: datetime, window: timedelta) -> None:
-        """Count one attempt for `key`, in one statement. A window that has ended starts
-        again at `now`; the row stays locked until the transaction ends."""
+    async def add(
+        self, key: CounterKey, now: datetime, window: timedelta, *, in_flight: bool
+    ) -> None:
+        """Count one attempt for `key` (as still being checked if `in_flight`), in one
+        statement. A window that has ended starts again at `now`; the row stays locked
+        until the transaction ends."""
         expired = COUNTERS.c.window_started_at <= literal(now - window, UTCDateTime)
+        flight = int(in_flight)
         statement = insert_or_update(
             COUNTERS,
             {
@@ -56,11 +62,13 @@ class AttemptCounterRepository:
                 "email": key.email,
                 "address": key.address,
                 "attempts": 1,
+                "in_flight": flight,
                 "window_started_at": now,
             },
-            # `attempts` first: MySQL assigns in order, and it reads the old window start.
+            # The window start last: MySQL assigns in order, and the others read its old value.
             {
                 "attempts": case((expired, 1), else_=COUNTERS.c.attempts + 1),
+                "in_flight": case((expired, flight), else_=COUNTERS.c.in_flight + flight),
                 "window_started_at": case(
                     (expired, literal(now, UTCDateTime)), else_=COUNTERS.c.window_started_at
                 ),
@@ -72,18 +80,30 @@ class AttemptCounterRepository:
         statement = select(AttemptCounter).where(or_(*(_matches(key) for key in keys)))
         return {
             CounterKey(row.scope, row.email, row.address): Count(
-                row.attempts, row.window_started_at
+                row.attempts, row.in_flight, row.window_started_at
             )
             for row in (await self.uow.session.exec(statement)).all()
         }
 
-    async def take_back(self, key: CounterKey) -> None:
-        """Uncount one attempt (one that turned out not to be a failure)."""
+    async def settle(self, keys: Sequence[CounterKey], *, failed: bool) -> None:
+        """Settle one attempt in flight for each of `keys`: it stays counted if it
+        `failed`, and is uncounted if not."""
+        values: dict[str, Any] = {"in_flight": _decremented(COUNTERS.c.in_flight)}
+        if not failed:
+            values["attempts"] = _decremented(COUNTERS.c.attempts)
         await self.uow.session.exec(
-            update(COUNTERS)
-            .where(_matches(key), COUNTERS.c.attempts > 0)
-            .values(attempts=COUNTERS.c.attempts - 1)
+            update(COUNTERS).where(or_(*(_matches(key) for key in keys))).values(values)
         )
 
-    async def clear(self, key: CounterKey) -> None:
-        await self.uow.session.exec(delete(COUNTERS).where(_matches(key)))
+    async def forgive(self, key: CounterKey) -> None:
+        """Settle one attempt in flight as a success and forget the key's settled
+        failures; attempts of others still in flight stay counted."""
+        remaining = _decremented(COUNTERS.c.in_flight)
+        await self.uow.session.exec(
+            update(COUNTERS).where(_matches(key)).values(attempts=remaining, in_flight=remaining)
+        )
+
+
+def _decremented(column: Any) -> Any:
+    """`column` - 1, but never below 0 (a window that restarted meanwhile)."""
+    return case((column > 0, column - 1), else_=0)

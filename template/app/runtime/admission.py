@@ -20,7 +20,7 @@ from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.core.config import Settings
 from app.core.middleware import BUSY_DETAIL, RETRY_AFTER_SECONDS, busy_response, send_json
@@ -33,6 +33,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         AdmissionMiddleware,
         limit=settings.db_pool_size + settings.db_max_overflow,
         timeout_seconds=settings.db_pool_timeout_seconds,
+        refusal_pause_seconds=settings.refusal_pause_seconds,
     )
     app.state.password_hasher.waiting = stepped_out
 
@@ -40,6 +41,10 @@ def install(app: FastAPI, settings: Settings) -> None:
         return busy_response()
 
     app.add_exception_handler(ServiceBusy, service_busy)
+
+
+# Answers that tell a client to come back later.
+_REFUSALS = frozenset({429, 503})
 
 
 class ServiceBusy(Exception):
@@ -100,6 +105,11 @@ class AdmissionMiddleware:
 
     Paths starting with one of `exempt_prefixes` (the health checks) skip the queue, so a
     liveness probe answers even when the service is saturated.
+
+    A refusal (429, or 503) is sent `refusal_pause_seconds` late, after the request has
+    given its place back. A client that retries at once, as a flood of logins does, then
+    waits instead of turning cheap refusals into a flood of their own that starves every
+    other request of CPU; brute force slows down with it.
     """
 
     def __init__(
@@ -108,14 +118,16 @@ class AdmissionMiddleware:
         *,
         limit: int,
         timeout_seconds: float,
+        refusal_pause_seconds: float = 0.0,
         exempt_prefixes: tuple[str, ...] = ("/health",),
     ) -> None:
         self.app = app
         self.limit = limit
         self.timeout_seconds = timeout_seconds
+        self.refusal_pause_seconds = refusal_pause_seconds
         self.exempt_prefixes = exempt_prefixes
         self._slots = asyncio.Semaphore(limit)  # first come, first served
-        self.waiting = 0  # requests waiting at the door now
+        self.waiting = 0  # requests waiting at the door now: the queue to monitor
         self._busy_body = json.dumps({"detail": BUSY_DETAIL}).encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -127,8 +139,16 @@ class AdmissionMiddleware:
             return
         place = _Place(self)
         token = _current_place.set(place)
+        pause = self.refusal_pause_seconds
+
+        async def send_refusals_late(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] in _REFUSALS:
+                place.leave()
+                await asyncio.sleep(pause)
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_refusals_late if pause > 0 else send)
         finally:
             _current_place.reset(token)
             place.leave()

@@ -61,8 +61,8 @@ class AuthService:
             self.settings.register_max_per_address_per_hour,
             REGISTRATION_WINDOW,
         )
-        retry_after = await self.limiter.count([limit], utcnow())
-        # Committed either way: refused attempts count too.
+        # Counted as done at once, and committed either way: refused attempts count too.
+        retry_after = await self.limiter.count([limit], utcnow(), in_flight=False)
         await self.uow.commit()
         if retry_after is not None:
             raise TooManyRegistrations(retry_after)
@@ -98,10 +98,11 @@ class AuthService:
     async def login(self, email: str, password: str, address: str) -> AccessToken:
         """Check the password, at most as often as the limits allow.
 
-        Each attempt is counted as a failure before its password is checked, and taken
-        back if the password is right: concurrent guesses cannot get past the limit
-        by all arriving before the first failure is written. An attempt refused by a
-        limit is not counted, so hammering a locked key does not prolong its lock.
+        Each attempt is counted before its password is checked, and settled after: a
+        failure stays counted, a success is uncounted. So concurrent guesses cannot get
+        past a limit by all arriving before the first failure is written. An attempt
+        refused by a limit is not counted, so hammering a locked key does not prolong
+        its lock.
         """
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         email = email.strip().lower()
@@ -118,21 +119,26 @@ class AuthService:
         try:
             if user is None:
                 await self.hasher.verify_dummy()
-                raise InvalidCredentials()
-            valid, new_hash = await self.hasher.verify_and_update(password, user.hashed_password)
+                valid, new_hash = False, None
+            else:
+                valid, new_hash = await self.hasher.verify_and_update(
+                    password, user.hashed_password
+                )
         except HashingBusy:
             # The queue filled up since the check above: no password was checked.
-            await self.limiter.take_back(limits)
+            await self.limiter.settle(limits, failed=False)
             await self.uow.commit()
             raise
-        if not valid or not user.is_active:
+        if user is None or not valid or not user.is_active:
+            await self.limiter.settle(limits, failed=True)
+            await self.uow.commit()
             raise InvalidCredentials()
 
         # This pair's failures are forgiven; the others only lose this attempt, so a
         # client cannot wipe the failures it made elsewhere by logging in to its own
         # account.
-        await self.limiter.clear(limits[0].key)
-        await self.limiter.take_back(limits[1:])
+        await self.limiter.forgive(limits[0])
+        await self.limiter.settle(limits[1:], failed=False)
         if new_hash is not None:
             # The configured cost changed since this hash was made: upgrade it now that
             # the password is known.
