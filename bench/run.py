@@ -31,7 +31,7 @@ from benchkit.cpu import CpuMeter, CpuSample
 from benchkit.database import DATABASES, BenchDatabase
 from benchkit.options import (
     LARGE_WORKLOAD,
-    LOGIN_REFUSED_STATUS,
+    LOGIN_REFUSED_STATUSES,
     ME_UNDER_LOGIN_CONNECTIONS,
     SERVICE_LOG_LEVEL,
     UNDER_LOGIN_WORKLOADS,
@@ -336,7 +336,7 @@ class Benchmark:
                             profiler, label,
                         )  # fmt: skip
                         if name == "login":
-                            result = result.with_refusals(LOGIN_REFUSED_STATUS)
+                            result = result.with_refusals(LOGIN_REFUSED_STATUSES)
                     run = RunResult(
                         repeat, name, connections, result, meter.sample() - before,
                         health_rps, companion, reference=name in reference,
@@ -437,7 +437,7 @@ class Benchmark:
             probe_result = Wrk.finish(started)
         finally:
             login_result = Wrk.finish(login)
-        return probe_result, login_result.with_refusals(LOGIN_REFUSED_STATUS)
+        return probe_result, login_result.with_refusals(LOGIN_REFUSED_STATUSES)
 
     def settle(self, server: Server, meter: CpuMeter) -> None:
         """Wait until the server has finished earlier work and the machine is quiet.

@@ -11,7 +11,7 @@ from pathlib import Path
 from benchkit.cpu import CpuUsage
 from benchkit.options import (
     LARGE_WORKLOAD,
-    LOGIN_REFUSED_STATUS,
+    LOGIN_REFUSED_TEXT,
     ME_UNDER_LOGIN_CONNECTIONS,
     SERVICE_LOG_LEVEL,
     UNDER_LOGIN_WORKLOADS,
@@ -129,7 +129,7 @@ def _summary(runs: list[RunResult], hash_limit_rps: float) -> Summary:
     if workload == "login" and hash_limit_rps:
         note = f"{100 * rps / hash_limit_rps:.0f}% of hashing limit"
         if refused:
-            note += f"; {refused} refused ({LOGIN_REFUSED_STATUS})"
+            note += f"; {refused} refused ({LOGIN_REFUSED_TEXT})"
     companions = [run.companion for run in runs if run.companion is not None]
     if companions:
         note = _companion_note(companions)
@@ -153,7 +153,7 @@ def _companion_note(logins: list[WrkResult]) -> str:
     """The login wrk that ran alongside: its successes per second, refusals and errors."""
     note = f"login alongside: {statistics.fmean(c.ok_rps for c in logins):.1f} ok/s"
     if refused := sum(c.refused for c in logins):
-        note += f", {refused} refused ({LOGIN_REFUSED_STATUS})"
+        note += f", {refused} refused ({LOGIN_REFUSED_TEXT})"
     if errors := sum(c.errors for c in logins):
         note += f", {errors} login errors"
     return note
@@ -180,11 +180,11 @@ def format_run_line(run: RunResult, hash_limit_rps: float) -> str:
     )
     if run.workload == "login" and hash_limit_rps:
         line += f"  {100 * run.rps / hash_limit_rps:.0f}% of hashing limit"
-        line += f", {r.refused} refused ({LOGIN_REFUSED_STATUS}, {r.refused_rps:.0f}/s)"
+        line += f", {r.refused} refused ({LOGIN_REFUSED_TEXT}, {r.refused_rps:.0f}/s)"
     if (c := run.companion) is not None:
         line += (
             f"  (login alongside: {c.ok_rps:.1f} ok/s, {c.refused} refused "
-            f"({LOGIN_REFUSED_STATUS}), errors {_errors_text(c)})"
+            f"({LOGIN_REFUSED_TEXT}), errors {_errors_text(c)})"
         )
     if run.cpu.noise_cores > NOISE_FLAG_CORES:
         line += f"  NOISY: other processes used {run.cpu.noise_cores:.2f} cores"
@@ -413,7 +413,7 @@ def render_markdown(
     )
     statuses = (
         "every status counted in a Lua response() hook, so any non-2xx is an error (but "
-        f"login's {LOGIN_REFUSED_STATUS} refusals, counted apart)"
+        f"login's {LOGIN_REFUSED_TEXT} refusals, counted apart)"
     )
     extra_env = "".join(f", {key}={value}" for key, value in opts.extra_env.items())
     noisy = [s for s in summaries if s.noise_cores > NOISE_FLAG_CORES]
@@ -462,9 +462,10 @@ def render_markdown(
         "",
         (
             f"Means of {opts.repeat} repeat(s); errors are summed and count non-2xx responses, "
-            "socket errors and timeouts, except the logins that the bounded hashing queue "
-            f"refuses at once ({LOGIN_REFUSED_STATUS} with Retry-After), which are counted "
-            "apart as *refused*; for `login`, req/s counts successful logins only. *vs health* "
+            "socket errors and timeouts, except the logins that the service refuses with "
+            f"Retry-After ({LOGIN_REFUSED_TEXT}: the hashing queue is full, or the one "
+            "account's checks in flight), which are counted apart as *refused*; for `login`, "
+            "req/s counts successful logins only. *vs health* "
             "divides req/s by the `/health` req/s at the same connection count in the same "
             "repeat. *server CPU ms/req* is the CPU time of the uvicorn process(es) during the "
             "run divided by the requests answered; unlike req/s it barely moves when other "

@@ -46,12 +46,12 @@ class WrkResult:
     def refused_rps(self) -> float:
         return self.refused / self.window_s if self.window_s > 0 else 0.0
 
-    def with_refusals(self, status: int) -> WrkResult:
-        """The same run with `status` responses counted as refusals instead of errors:
-        a service that sheds load on purpose (a 503 with Retry-After) is not failing."""
-        key = f"HTTP {status}"
-        refused = self.error_detail.get(key, 0)
-        detail = {k: v for k, v in self.error_detail.items() if k != key}
+    def with_refusals(self, statuses: tuple[int, ...]) -> WrkResult:
+        """The same run with responses of `statuses` counted as refusals instead of
+        errors: a service that sheds load on purpose (with Retry-After) is not failing."""
+        keys = {f"HTTP {status}" for status in statuses}
+        refused = sum(self.error_detail.get(key, 0) for key in keys)
+        detail = {k: v for k, v in self.error_detail.items() if k not in keys}
         return replace(
             self, errors=self.errors - refused, error_detail=detail, refused=self.refused + refused
         )

@@ -252,3 +252,17 @@ async def user(make_user: MakeUser) -> SignedIn:
 @pytest.fixture
 async def admin(make_user: MakeUser) -> SignedIn:
     return await make_user(ADMIN_ROLE)
+
+
+@pytest.fixture
+def blocked_hashing(app: FastAPI, user: SignedIn) -> Iterator[BlockedHashing]:
+    """The app's own password checks, blocked until the test sets `release`. The
+    signed-in `user` is made first, since signing in checks a password."""
+    hasher: PasswordHasher = app.state.password_hasher
+    original = hasher._context
+    blocked = BlockedHashing(original)
+    hasher._context = blocked
+    yield blocked
+    blocked.release.set()
+    hasher._context = original
+    assert not blocked.waited_in_vain, "a password check waited for release in vain"

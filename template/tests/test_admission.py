@@ -1,9 +1,6 @@
 """Admission control: requests beyond what the pool can serve wait at the door, in order."""
 
 import asyncio
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -13,7 +10,15 @@ from starlette.types import Message, Receive, Scope, Send
 
 from app.core.config import Settings
 from app.runtime.admission import AdmissionMiddleware
-from tests.conftest import GUARD_SECONDS, PASSWORD, MakeUser, gate_of, make_settings, wait_until
+from tests.conftest import (
+    GUARD_SECONDS,
+    PASSWORD,
+    BlockedHashing,
+    SignedIn,
+    gate_of,
+    make_settings,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -107,50 +112,29 @@ async def test_the_app_answers_503_with_its_headers_when_full_and_health_still_a
     assert (await client.get("/api/v1/users/me")).status_code == 401  # let in again
 
 
-@contextmanager
-def blocked_hashing(app: FastAPI) -> Iterator[tuple[threading.Event, threading.Event]]:
-    """Password checks block until the test lets them go: yields (started, go)."""
-    context = app.state.password_hasher._context
-    started, go = threading.Event(), threading.Event()
-    original = context.verify_and_update
-
-    def blocking(*args: Any, **kwargs: Any) -> Any:
-        started.set()
-        go.wait(GUARD_SECONDS)
-        return original(*args, **kwargs)
-
-    context.verify_and_update = blocking
-    try:
-        yield started, go
-    finally:
-        go.set()
-        context.verify_and_update = original
-
-
 async def test_a_login_gives_its_place_back_while_its_password_is_hashed(
     app: FastAPI,
     client: AsyncClient,
-    make_user: MakeUser,
+    user: SignedIn,
+    blocked_hashing: BlockedHashing,
 ) -> None:
-    user = await make_user()
 
-    async def scenario(started: threading.Event, go: threading.Event) -> None:
+    async def scenario() -> None:
         login = asyncio.create_task(
             client.post("/api/v1/auth/login", data={"username": user.email, "password": PASSWORD})
         )
-        await asyncio.to_thread(started.wait, GUARD_SECONDS)
-        assert started.is_set(), "the login never started hashing"
+        started = await asyncio.to_thread(blocked_hashing.started.wait, GUARD_SECONDS)
+        assert started, "the login never started hashing"
         # The only place in the application is free while the login hashes: another
         # request gets in and is answered before the login is.
         me = await client.get("/api/v1/users/me", headers=user.headers)
         assert me.status_code == 200, me.text
         assert not login.done()
-        go.set()
+        blocked_hashing.release.set()
         response = await login
         assert response.status_code == 200, response.text
 
-    with blocked_hashing(app) as (started, go):
-        await asyncio.wait_for(scenario(started, go), GUARD_SECONDS)
+    await asyncio.wait_for(scenario(), GUARD_SECONDS)
     assert gate_of(app).waiting == 0
 
 

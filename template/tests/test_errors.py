@@ -23,6 +23,7 @@ from tests.conftest import (
     PASSWORD,
     BlockedHashing,
     MakeUser,
+    SignedIn,
     gate_of,
     make_settings,
 )
@@ -114,11 +115,9 @@ async def test_a_login_beyond_the_hashing_queue_gets_503_at_once_and_is_not_coun
 
 
 async def test_a_request_that_cannot_get_back_in_after_hashing_gets_503(
-    app: FastAPI, client: AsyncClient, make_user: MakeUser
+    app: FastAPI, client: AsyncClient, user: SignedIn, blocked_hashing: BlockedHashing
 ) -> None:
-    user = await make_user()
-    blocking = BlockedHashing(app.state.password_hasher._context)
-    app.state.password_hasher._context = blocking
+    blocking = blocked_hashing
     gate = gate_of(app)
     try:
         login = asyncio.create_task(

@@ -12,14 +12,12 @@ from sqlmodel import select
 
 from app.core.client import ClientAddresses
 from app.core.config import Settings
-from app.core.security import PasswordHasher
 from app.main import create_app
 from app.models.throttle import AttemptCounter
 from tests.conftest import (
     GUARD_SECONDS,
     PASSWORD,
     BlockedHashing,
-    UseHasher,
     client_from,
     make_settings,
     serving,
@@ -89,13 +87,11 @@ async def test_concurrent_wrong_passwords_check_at_most_the_limit(
 
 
 async def test_concurrent_right_passwords_beyond_the_limit_are_told_to_retry_at_once(
-    app: FastAPI, client: AsyncClient, use_hasher: UseHasher
+    app: FastAPI, client: AsyncClient, blocked_hashing: BlockedHashing
 ) -> None:
     limit = app.state.settings.login_max_failures
     await register(client, "busy@example.com")
-    hasher = use_hasher(PasswordHasher(rounds=4))
-    blocked = BlockedHashing(hasher._context)
-    hasher._context = blocked
+    blocked = blocked_hashing
     logins = [asyncio.create_task(login(client, "busy@example.com")) for _ in range(20)]
     try:
         # A password is known to be right only once checked: at most the limit's

@@ -112,8 +112,8 @@ class UnitOfWork:
     """One request's (or one command's) access to the database.
 
     Repositories read and write through it; a service ends each change with `commit()`.
-    The session, and with it a pooled connection, opens on first use, so a request that
-    only reads through the fast path never opens one.
+    The session, and with it a pooled connection, opens on first use, so a unit of work
+    that only reads through the fast path never opens one, and holds nothing to close.
     """
 
     def __init__(self, database: Database) -> None:
