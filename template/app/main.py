@@ -36,6 +36,7 @@ from app.runtime import admission
 from app.runtime.garbage import tune_garbage_collection
 from app.runtime.threads import lower_thread_priority
 from app.services import errors
+from app.services.throttle import RecentRefusals
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         thread_initializer=lower_thread_priority,
     )
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
+    app.state.recent_refusals = RecentRefusals()
     app.state.token_service = TokenService(settings)
 
     app.include_router(health.router)

@@ -2,6 +2,7 @@
 aimed at a victim, client addresses from real sockets and from a trusted proxy."""
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from ipaddress import ip_network
 
@@ -14,6 +15,8 @@ from app.core.client import ClientAddresses
 from app.core.config import Settings
 from app.main import create_app
 from app.models.throttle import AttemptCounter
+from app.repositories.throttle import CounterKey
+from app.services.throttle import REMEMBERED_KEYS, RecentRefusals, Refusal
 from tests.conftest import (
     GUARD_SECONDS,
     PASSWORD,
@@ -109,7 +112,9 @@ async def test_concurrent_right_passwords_beyond_the_limit_are_told_to_retry_at_
         blocked.release.set()
     statuses = [response.status_code for response in await asyncio.gather(*logins)]
     assert statuses.count(200) == limit, statuses
-    # None of it was a failure: the account is not locked, and nothing is left in flight.
+    # None of it was a failure: after the Retry-After, the account is not locked, and
+    # nothing is left in flight.
+    await asyncio.sleep(1)
     assert (await login(client, "busy@example.com")).status_code == 200
     async with app.state.database.sessionmaker() as session:
         counters = (await session.exec(select(AttemptCounter))).all()
@@ -289,3 +294,25 @@ def test_an_empty_hashing_queue_limit_means_the_default(
     assert make_settings(migrated_database, hashing_queue_limit=value).hashing_queue_limit == (
         expected
     )
+
+
+def test_a_remembered_refusal_is_answered_only_briefly_and_never_past_its_retry_after() -> None:
+    pair, other = CounterKey("login", "a@example.com", "10.0.0.1"), CounterKey("login")
+    refusals = RecentRefusals(remember_seconds=0.05)
+    refusals.remember(Refusal(keys=(pair,), retry_after=900))
+    assert refusals.retry_after([other]) is None
+    assert refusals.retry_after([other, pair]) == 900
+    time.sleep(0.06)
+    assert refusals.retry_after([pair]) is None  # the database decides again
+
+
+def test_remembered_refusals_are_bounded_oldest_first() -> None:
+    refusals = RecentRefusals()
+    keys = [
+        CounterKey("login", address=f"10.0.{n // 256}.{n % 256}")
+        for n in range(REMEMBERED_KEYS + 1)
+    ]
+    for key in keys:
+        refusals.remember(Refusal(keys=(key,), retry_after=1))
+    assert refusals.retry_after([keys[0]]) is None
+    assert refusals.retry_after([keys[-1]]) == 1

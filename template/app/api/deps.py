@@ -19,6 +19,7 @@ from app.core.security import PasswordHasher, TokenService
 from app.models.user import Principal
 from app.services.auth import Authenticator
 from app.services.errors import PermissionDenied
+from app.services.throttle import RecentRefusals
 
 LOGIN_PATH = "/api/v1/auth/login"
 
@@ -51,6 +52,11 @@ async def get_token_service(request: Request) -> TokenService:
     return tokens
 
 
+async def get_recent_refusals(request: Request) -> RecentRefusals:
+    refusals: RecentRefusals = request.app.state.recent_refusals
+    return refusals
+
+
 async def get_client_address(request: Request) -> str:
     """The client's address: the peer, or whom a trusted proxy forwarded for."""
     addresses: ClientAddresses = request.app.state.client_addresses
@@ -63,6 +69,7 @@ UnitOfWorkDep = Annotated[UnitOfWork, Depends(get_unit_of_work)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
+RecentRefusalsDep = Annotated[RecentRefusals, Depends(get_recent_refusals)]
 ClientAddress = Annotated[str, Depends(get_client_address)]
 
 # auto_error=False: a missing token is reported by get_current_user, in the same

@@ -85,15 +85,13 @@ class AttemptCounterRepository:
             for row in (await self.uow.session.exec(statement)).all()
         }
 
-    async def settle(self, keys: Sequence[CounterKey], *, failed: bool) -> None:
-        """Settle one attempt in flight for each of `keys`: it stays counted if it
-        `failed`, and is uncounted if not."""
+    async def settle(self, key: CounterKey, *, failed: bool) -> None:
+        """Settle one attempt in flight for `key`: it stays counted if it `failed`, and
+        is uncounted if not."""
         values: dict[str, Any] = {"in_flight": _decremented(COUNTERS.c.in_flight)}
         if not failed:
             values["attempts"] = _decremented(COUNTERS.c.attempts)
-        await self.uow.session.exec(
-            update(COUNTERS).where(or_(*(_matches(key) for key in keys))).values(values)
-        )
+        await self.uow.session.exec(update(COUNTERS).where(_matches(key)).values(values))
 
     async def forgive(self, key: CounterKey) -> None:
         """Settle one attempt in flight as a success and forget the key's settled

@@ -25,7 +25,7 @@ from app.services.errors import (
     TooManyAttempts,
     TooManyRegistrations,
 )
-from app.services.throttle import AttemptLimiter, Limit
+from app.services.throttle import AttemptLimiter, Limit, RecentRefusals
 
 # Scopes of the attempt counters (app/models/throttle.py).
 LOGIN = "login"  # one account from one address
@@ -44,10 +44,12 @@ class AuthService:
         hasher: PasswordHasher,
         tokens: TokenService,
         settings: Settings,
+        refusals: RecentRefusals,
     ) -> None:
         self.uow = uow
         self.users = UserRepository(uow)
         self.limiter = AttemptLimiter(uow)
+        self.refusals = refusals
         self.hasher = hasher
         self.tokens = tokens
         self.settings = settings
@@ -62,10 +64,10 @@ class AuthService:
             REGISTRATION_WINDOW,
         )
         # Counted as done at once, and committed either way: refused attempts count too.
-        retry_after = await self.limiter.count([limit], utcnow(), in_flight=False)
+        refusal = await self.limiter.count([limit], utcnow(), in_flight=False)
         await self.uow.commit()
-        if retry_after is not None:
-            raise TooManyRegistrations(retry_after)
+        if refusal is not None:
+            raise TooManyRegistrations(refusal.retry_after)
         user = User(
             email=data.email,
             full_name=data.full_name,
@@ -107,10 +109,14 @@ class AuthService:
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         email = email.strip().lower()
         limits = self._login_limits(email, address)
-        retry_after = await self.limiter.count(limits, utcnow())
-        if retry_after is not None:
+        remembered = self.refusals.retry_after([limit.key for limit in limits])
+        if remembered is not None:
+            raise TooManyAttempts(remembered)
+        refusal = await self.limiter.count(limits, utcnow())
+        if refusal is not None:
             await self.uow.rollback()
-            raise TooManyAttempts(retry_after)
+            self.refusals.remember(refusal)
+            raise TooManyAttempts(refusal.retry_after)
         user = await self.users.load_by_email(email)
         # Hashing takes hundreds of milliseconds: hold no transaction (and no pooled
         # connection) while it runs.

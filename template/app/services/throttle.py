@@ -1,6 +1,7 @@
 """Limits on attempts: failed logins and registrations, counted in the database."""
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,9 +19,58 @@ class Limit:
     window: timedelta
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An attempt over one or more limits: which keys, and the seconds to wait."""
+
+    keys: tuple[CounterKey, ...]
+    retry_after: int
+
+
 # What a refusal says to wait when the limit is full only of attempts still being checked:
 # they settle within a second or so, one way or the other.
 IN_FLIGHT_RETRY_SECONDS = 1
+# How long this process answers a refused key by itself, without the database.
+REMEMBERED_SECONDS = 1.0
+REMEMBERED_KEYS = 10_000
+
+
+class RecentRefusals:
+    """Refusals the database decided a moment ago, remembered by this process.
+
+    A client that hammers a refused key (a locked pair, or one whose checks are all in
+    flight) is answered for up to REMEMBERED_SECONDS without the database, and never
+    past the Retry-After it was given. Without this, every such attempt would queue on
+    the key's row lock, holding a place in the worker, and a flood on one account would
+    starve every other request. It never admits anything: every attempt it lets through
+    is counted by the database, which alone enforces the limits across processes.
+    """
+
+    def __init__(self, remember_seconds: float = REMEMBERED_SECONDS) -> None:
+        self.remember_seconds = remember_seconds
+        # key -> (answered by this process until, the client may retry at); monotonic.
+        self._refused: dict[CounterKey, tuple[float, float]] = {}
+
+    def retry_after(self, keys: Sequence[CounterKey]) -> int | None:
+        """The seconds to wait if one of `keys` was refused a moment ago, else None."""
+        now = time.monotonic()
+        for key in keys:
+            remembered = self._refused.get(key)
+            if remembered is None:
+                continue
+            until, retry_at = remembered
+            if now < until:
+                return max(1, math.ceil(retry_at - now))
+            del self._refused[key]
+        return None
+
+    def remember(self, refusal: Refusal) -> None:
+        now = time.monotonic()
+        until = now + min(float(refusal.retry_after), self.remember_seconds)
+        for key in refusal.keys:
+            if key not in self._refused and len(self._refused) >= REMEMBERED_KEYS:
+                del self._refused[next(iter(self._refused))]  # the oldest entry
+            self._refused[key] = (until, now + refusal.retry_after)
 
 
 class AttemptLimiter:
@@ -37,21 +87,22 @@ class AttemptLimiter:
 
     async def count(
         self, limits: Sequence[Limit], now: datetime, *, in_flight: bool = True
-    ) -> int | None:
+    ) -> Refusal | None:
         """Count one attempt against every limit, as still in flight unless told
-        otherwise. Returns None when every limit allows it; otherwise the seconds to wait:
-        until the window ends where settled failures fill a limit, or a moment where
-        attempts still being checked do."""
+        otherwise. Returns None when every limit allows it; otherwise the refusal, whose
+        wait is until the window ends where settled failures fill a limit, or a moment
+        where attempts still being checked do."""
         # Always in the same order, so that two transactions never wait for each other.
         for limit in limits:
             await self.counters.add(limit.key, now, limit.window, in_flight=in_flight)
         counts = await self.counters.get_many([limit.key for limit in limits])
-        waits = [
-            self._wait(counts[limit.key], limit, now)
-            for limit in limits
-            if counts[limit.key].attempts > limit.max_attempts
-        ]
-        return max(waits) if waits else None
+        exceeded = [limit for limit in limits if counts[limit.key].attempts > limit.max_attempts]
+        if not exceeded:
+            return None
+        return Refusal(
+            keys=tuple(limit.key for limit in exceeded),
+            retry_after=max(self._wait(counts[limit.key], limit, now) for limit in exceeded),
+        )
 
     @staticmethod
     def _wait(count: Count, limit: Limit, now: datetime) -> int:
@@ -63,7 +114,10 @@ class AttemptLimiter:
 
     async def settle(self, limits: Sequence[Limit], *, failed: bool) -> None:
         """Settle the attempt counted for every limit: it stays counted if it failed."""
-        await self.counters.settle([limit.key for limit in limits], failed=failed)
+        # One row at a time, in the order count() locked them: two transactions that
+        # lock the same rows in different orders could deadlock.
+        for limit in limits:
+            await self.counters.settle(limit.key, failed=failed)
 
     async def forgive(self, limit: Limit) -> None:
         """Settle the attempt as a success and forget the limit's settled failures."""

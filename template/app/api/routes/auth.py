@@ -4,7 +4,14 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, status
 
-from app.api.deps import ClientAddress, HasherDep, SettingsDep, TokenServiceDep, UnitOfWorkDep
+from app.api.deps import (
+    ClientAddress,
+    HasherDep,
+    RecentRefusalsDep,
+    SettingsDep,
+    TokenServiceDep,
+    UnitOfWorkDep,
+)
 from app.schemas.common import error
 from app.schemas.user import LoginForm, Token, UserCreate, UserPublic
 from app.services.auth import AuthService
@@ -13,9 +20,13 @@ router = APIRouter(prefix="/auth", tags=["auth"])
 
 
 async def get_auth_service(
-    uow: UnitOfWorkDep, hasher: HasherDep, tokens: TokenServiceDep, settings: SettingsDep
+    uow: UnitOfWorkDep,
+    hasher: HasherDep,
+    tokens: TokenServiceDep,
+    settings: SettingsDep,
+    refusals: RecentRefusalsDep,
 ) -> AuthService:
-    return AuthService(uow, hasher, tokens, settings)
+    return AuthService(uow, hasher, tokens, settings, refusals)
 
 
 AuthServiceDep = Annotated[AuthService, Depends(get_auth_service)]
