@@ -306,6 +306,15 @@ def test_a_remembered_refusal_is_answered_only_briefly_and_never_past_its_retry_
     assert refusals.retry_after([pair]) is None  # the database decides again
 
 
+def test_a_refusal_of_checks_in_flight_is_remembered_for_a_moment_only() -> None:
+    pair = CounterKey("login", "a@example.com", "10.0.0.1")
+    refusals = RecentRefusals(remember_seconds=30, in_flight_seconds=0.05)
+    refusals.remember(Refusal(keys=(pair,), retry_after=1, in_flight=True))
+    assert refusals.retry_after([pair]) == 1
+    time.sleep(0.06)
+    assert refusals.retry_after([pair]) is None
+
+
 def test_remembered_refusals_are_bounded_oldest_first() -> None:
     refusals = RecentRefusals()
     keys = [

@@ -21,17 +21,21 @@ class Limit:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """An attempt over one or more limits: which keys, and the seconds to wait."""
+    """An attempt over one or more limits: which keys, and the seconds to wait.
+    `in_flight`: the limits are full only of attempts still being checked."""
 
     keys: tuple[CounterKey, ...]
     retry_after: int
+    in_flight: bool = False
 
 
 # What a refusal says to wait when the limit is full only of attempts still being checked:
 # they settle within a second or so, one way or the other.
 IN_FLIGHT_RETRY_SECONDS = 1
-# How long this process answers a refused key by itself, without the database.
+# How long this process answers a refused key by itself, without the database: a locked
+# key for up to a second, one full of checks in flight for a moment (they settle fast).
 REMEMBERED_SECONDS = 1.0
+IN_FLIGHT_REMEMBERED_SECONDS = 0.25
 REMEMBERED_KEYS = 10_000
 
 
@@ -46,8 +50,13 @@ class RecentRefusals:
     is counted by the database, which alone enforces the limits across processes.
     """
 
-    def __init__(self, remember_seconds: float = REMEMBERED_SECONDS) -> None:
+    def __init__(
+        self,
+        remember_seconds: float = REMEMBERED_SECONDS,
+        in_flight_seconds: float = IN_FLIGHT_REMEMBERED_SECONDS,
+    ) -> None:
         self.remember_seconds = remember_seconds
+        self.in_flight_seconds = in_flight_seconds
         # key -> (answered by this process until, the client may retry at); monotonic.
         self._refused: dict[CounterKey, tuple[float, float]] = {}
 
@@ -66,7 +75,8 @@ class RecentRefusals:
 
     def remember(self, refusal: Refusal) -> None:
         now = time.monotonic()
-        until = now + min(float(refusal.retry_after), self.remember_seconds)
+        longest = self.in_flight_seconds if refusal.in_flight else self.remember_seconds
+        until = now + min(float(refusal.retry_after), longest)
         for key in refusal.keys:
             if key not in self._refused and len(self._refused) >= REMEMBERED_KEYS:
                 del self._refused[next(iter(self._refused))]  # the oldest entry
@@ -99,15 +109,21 @@ class AttemptLimiter:
         exceeded = [limit for limit in limits if counts[limit.key].attempts > limit.max_attempts]
         if not exceeded:
             return None
+        waits = [self._wait(counts[limit.key], limit, now) for limit in exceeded]
         return Refusal(
             keys=tuple(limit.key for limit in exceeded),
-            retry_after=max(self._wait(counts[limit.key], limit, now) for limit in exceeded),
+            retry_after=max(waits),
+            in_flight=all(self._full_in_flight(counts[limit.key], limit) for limit in exceeded),
         )
 
     @staticmethod
-    def _wait(count: Count, limit: Limit, now: datetime) -> int:
+    def _full_in_flight(count: Count, limit: Limit) -> bool:
         # This attempt is one of those in flight, and not among the settled failures.
-        if count.attempts - count.in_flight < limit.max_attempts:
+        return count.attempts - count.in_flight < limit.max_attempts
+
+    @classmethod
+    def _wait(cls, count: Count, limit: Limit, now: datetime) -> int:
+        if cls._full_in_flight(count, limit):
             return IN_FLIGHT_RETRY_SECONDS
         window_left = (count.window_started_at + limit.window - now).total_seconds()
         return max(1, math.ceil(window_left))
