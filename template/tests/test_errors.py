@@ -44,8 +44,8 @@ async def test_a_failing_query_is_a_500_with_its_traceback_logged_and_values_hid
 ) -> None:
     async def broken_authentication() -> Principal:
         async with app.state.database.sessionmaker() as db_session:
-            # Every database refuses this: the table does not exist. (SQLite reports it
-            # as an OperationalError, like a lost connection: it must not be a 503.)
+            # Every database refuses this: the table does not exist. (Some report it as
+            # an OperationalError, like a lost connection: it must not be a 503.)
             await db_session.exec(
                 text("SELECT * FROM no_such_table WHERE hashed_password = :hash"),
                 params={"hash": HASH_IN_A_PARAMETER},

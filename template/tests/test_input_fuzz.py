@@ -553,7 +553,7 @@ class Fuzzer:
                 )
             assert isinstance(value, str)
             if parameter.location == "path":
-                path = path.replace(f"{{{parameter.name}}}", encoded(value))
+                path = path.replace("{" + parameter.name + "}", encoded(value))
             elif parameter.location == "query":
                 query.append(f"{encoded(parameter.name)}={encoded(value)}")
             elif parameter.location == "header":
@@ -727,7 +727,7 @@ class Fuzzer:
         (or, to delete, a user made for it); any other uuid at random."""
         if parameter.schema.get("format") != "uuid":
             return _wire(self.valid(choices, parameter, caller))
-        collection = operation.path.split(f"{{{parameter.name}}}", 1)[0].rstrip("/")
+        collection = operation.path.split("{" + parameter.name + "}", 1)[0].rstrip("/")
         creator = next(
             (
                 candidate

@@ -65,7 +65,8 @@ class AttemptCounterRepository:
                 "in_flight": flight,
                 "window_started_at": now,
             },
-            # The window start last: MySQL assigns in order, and the others read its old value.
+            # The window start last: some databases assign in order, and the others read
+            # its old value.
             {
                 "attempts": case((expired, 1), else_=COUNTERS.c.attempts + 1),
                 "in_flight": case((expired, flight), else_=COUNTERS.c.in_flight + flight),

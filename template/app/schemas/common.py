@@ -33,7 +33,7 @@ _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def check_text(value: Any) -> Any:
-    """Refuse text that a database would refuse: NUL (PostgreSQL cannot store it) and
+    """Refuse text that a database would refuse: NUL (some cannot store it) and
     lone surrogates (which no UTF-8 encoder accepts). Other types pass through."""
     if isinstance(value, str):
         if "\x00" in value:
