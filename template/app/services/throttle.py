@@ -125,8 +125,10 @@ class AttemptLimiter:
     def _wait(cls, count: Count, limit: Limit, now: datetime) -> int:
         if cls._full_in_flight(count, limit):
             return IN_FLIGHT_RETRY_SECONDS
+        # A concurrent attempt may have opened the window a moment after this one's `now`:
+        # never more than one window.
         window_left = (count.window_started_at + limit.window - now).total_seconds()
-        return max(1, math.ceil(window_left))
+        return max(1, min(math.ceil(window_left), math.ceil(limit.window.total_seconds())))
 
     async def settle(self, limits: Sequence[Limit], *, failed: bool) -> None:
         """Settle the attempt counted for every limit: it stays counted if it failed."""
