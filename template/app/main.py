@@ -139,8 +139,6 @@ def _add_error_handlers(app: FastAPI) -> None:
             {"detail": exc.detail}, exc.status_code, headers={"Allow": ", ".join(methods)}
         )
 
-    retry_after = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-
     async def busy(request: Request, exc: Exception) -> JSONResponse:
         return busy_response()
 
@@ -149,7 +147,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(
             {"detail": "The database is unavailable; try again shortly"},
             status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers=retry_after,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
         )
 
     async def database_error(request: Request, exc: Exception) -> JSONResponse:

@@ -107,7 +107,9 @@ def require_role(minimum: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return dependency
 
 
-AdminUser = Annotated[Principal, Depends(require_role(ADMIN_ROLE))]
+_require_admin = require_role(ADMIN_ROLE)
+AdminUser = Annotated[Principal, Depends(_require_admin)]
 # For routes that need the caller to be the administrator but not the caller itself:
-# `dependencies=[RequireAdmin]`.
-RequireAdmin = Depends(require_role(ADMIN_ROLE))
+# `dependencies=[RequireAdmin]`. The same dependency as AdminUser's, so FastAPI runs it
+# once per request whichever a route uses.
+RequireAdmin = Depends(_require_admin)
