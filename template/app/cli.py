@@ -21,8 +21,9 @@ async def create_admin(settings: Settings, email: str, password: str) -> str:
     try:
         hasher = PasswordHasher(settings.bcrypt_rounds)
         try:
-            async with UnitOfWork(database) as uow:
-                return await AdminBootstrap(uow, hasher).ensure_admin(email, password)
+            return await AdminBootstrap(UnitOfWork(database), hasher).ensure_admin(
+                email, password
+            )
         finally:
             hasher.close()
     finally:

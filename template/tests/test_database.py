@@ -46,20 +46,39 @@ async def test_a_fast_read_runs_a_function_of_a_connection(settings: Settings) -
         await database.dispose()
 
 
-async def test_a_unit_of_work_opens_no_session_until_used_and_rolls_back_the_rest(
+async def test_a_transaction_commits_its_block_and_rolls_back_a_block_that_raises(
     app: FastAPI, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    async with UnitOfWork(app.state.database) as uow:
-        assert await uow.read(lambda c: c.execute(text("SELECT 1")).scalar_one()) == 1
-        assert uow._session is None  # a read through the fast path opened no session
-        row = await uow.session.get(User, uuid.UUID(user.id))
-        assert row is not None
-        row.full_name = "Not committed"
-    async with UnitOfWork(app.state.database) as uow:
-        row = await uow.session.get(User, uuid.UUID(user.id))
+    user_id = uuid.UUID(user.id)
+    uow = UnitOfWork(app.state.database)
+    assert await uow.read(lambda c: c.execute(text("SELECT 1")).scalar_one()) == 1
+    with pytest.raises(RuntimeError, match="no transaction"):
+        uow.session  # noqa: B018 - outside a block there is no session to use
+
+    with pytest.raises(LookupError):
+        async with uow.transaction():
+            row = await uow.session.get(User, user_id)
+            assert row is not None
+            row.full_name = "Rolled back"
+            await uow.session.flush()
+            raise LookupError
+    async with uow.transaction():
+        row = await uow.session.get(User, user_id)
         assert row is not None
         assert row.full_name is None
+        row.full_name = "Committed"
+        with pytest.raises(RuntimeError, match="do not nest"):
+            async with uow.transaction():
+                pass
+
+    another = UnitOfWork(app.state.database)
+    async with another.transaction():
+        row = await another.session.get(User, user_id)
+        assert row is not None
+        assert row.full_name == "Committed"
+    # Every block gave its connection back.
+    assert app.state.database.engine.pool.checkedout() == 0
 
 
 async def test_a_request_that_waits_too_long_for_a_connection_gets_503(

@@ -4,6 +4,7 @@ traceback, an overloaded service a 503 with Retry-After, and readiness answers i
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from fastapi import FastAPI
@@ -139,11 +140,15 @@ async def test_a_request_that_cannot_get_back_in_after_hashing_gets_503(
 async def test_a_syntax_error_on_the_request_session_is_a_500_not_an_outage(
     app: FastAPI,
 ) -> None:
-    async def broken_unit_of_work() -> AsyncIterator[UnitOfWork]:
-        async with UnitOfWork(app.state.database) as uow:
-            connection = await uow.session.connection()
-            await connection.execute(text("SELEC 1"))
-            yield uow
+    class BrokenUnitOfWork(UnitOfWork):
+        @asynccontextmanager
+        async def transaction(self) -> AsyncIterator[None]:
+            async with super().transaction():
+                await self.session.execute(text("SELEC 1"))
+                yield
+
+    async def broken_unit_of_work() -> UnitOfWork:
+        return BrokenUnitOfWork(app.state.database)
 
     app.dependency_overrides[get_unit_of_work] = broken_unit_of_work
     transport = ASGITransport(app=app, raise_app_exceptions=False)

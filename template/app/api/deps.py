@@ -5,7 +5,7 @@ them (tests do). They are `async def` even when they do not await: FastAPI runs 
 `def` dependency in its thread pool, a thread hop per dependency per request.
 """
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -29,12 +29,11 @@ async def get_database(request: Request) -> Database:
     return database
 
 
-async def get_unit_of_work(
-    database: Annotated[Database, Depends(get_database)],
-) -> AsyncIterator[UnitOfWork]:
-    """The request's unit of work; what it did not commit is rolled back at the end."""
-    async with UnitOfWork(database) as uow:
-        yield uow
+async def get_unit_of_work(database: Annotated[Database, Depends(get_database)]) -> UnitOfWork:
+    """The request's unit of work. It holds a connection only inside the transaction
+    blocks of the services, so it needs no teardown (a dependency with `yield` costs
+    every request that uses it)."""
+    return UnitOfWork(database)
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -85,9 +84,8 @@ async def get_current_user(
     """The user the bearer token names; 401 for a missing, invalid or expired token, or
     an unknown or inactive user.
 
-    Every request runs this, so it reads through a unit of work of its own that only
-    uses the fast path: it never opens a session and holds nothing to close, and a
-    request that needs no other unit of work pays for no teardown.
+    Every request runs this; it reads through a unit of work of its own, on the fast
+    path.
     """
     return await Authenticator(UnitOfWork(database), tokens).caller(token)
 

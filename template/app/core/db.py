@@ -1,9 +1,9 @@
 """The database: the async engine, a unit of work per request, and fast reads."""
 
 import asyncio
-from collections.abc import Callable
-from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, Self, TypeVar
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Select, text
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -111,9 +111,12 @@ class Database:
 class UnitOfWork:
     """One request's (or one command's) access to the database.
 
-    Repositories read and write through it; a service ends each change with `commit()`.
-    The session, and with it a pooled connection, opens on first use, so a unit of work
-    that only reads through the fast path never opens one, and holds nothing to close.
+    Repositories read and write through it. Reads that need no transaction take the fast
+    path (`read`, `write_one`) and open no session. A service wraps each change in
+    `async with uow.transaction():`, which opens a session for the block, commits it when
+    the block ends and rolls it back when the block raises; either way its connection goes
+    back to the pool at once. So a unit of work holds nothing between blocks and needs no
+    closing.
     """
 
     def __init__(self, database: Database) -> None:
@@ -122,9 +125,25 @@ class UnitOfWork:
 
     @property
     def session(self) -> AsyncSession:
+        """The session of the transaction in progress."""
         if self._session is None:
-            self._session = self.database.sessionmaker()
+            raise RuntimeError("no transaction: wrap the change in `async with uow.transaction():`")
         return self._session
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[None]:
+        """One transaction, on a session of its own, for the block."""
+        if self._session is not None:
+            raise RuntimeError("a transaction is already in progress: they do not nest")
+        async with self.database.sessionmaker() as session:
+            self._session = session
+            try:
+                yield
+                await session.commit()
+            finally:
+                # Leaving the `async with` closes the session: an uncommitted transaction
+                # is rolled back there.
+                self._session = None
 
     async def read(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -135,33 +154,8 @@ class UnitOfWork:
     async def write_one(
         self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """See Database.write_one: committed on its own, whatever the session holds."""
+        """See Database.write_one: committed on its own, outside any transaction block."""
         return await self.database.write_one(change, *args, **kwargs)
-
-    async def commit(self) -> None:
-        if self._session is not None:
-            await self._session.commit()
-
-    async def rollback(self) -> None:
-        if self._session is not None:
-            await self._session.rollback()
-
-    async def close(self) -> None:
-        """Give the session's connection back; what was not committed is rolled back."""
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 def read_page(

@@ -64,8 +64,8 @@ class AuthService:
             REGISTRATION_WINDOW,
         )
         # Counted as done at once, and committed either way: refused attempts count too.
-        refusal = await self.limiter.count([limit], utcnow(), in_flight=False)
-        await self.uow.commit()
+        async with self.uow.transaction():
+            refusal = await self.limiter.count([limit], utcnow(), in_flight=False)
         if refusal is not None:
             raise TooManyRegistrations(refusal.retry_after)
         user = User(
@@ -75,10 +75,10 @@ class AuthService:
             role=DEFAULT_ROLE,
         )
         try:
-            await self.users.save(user)
+            async with self.uow.transaction():
+                await self.users.save(user)
         except DuplicateKeyError:
             raise EmailTaken() from None
-        await self.uow.commit()
         return user
 
     def _login_limits(self, email: str, address: str) -> list[Limit]:
@@ -112,16 +112,14 @@ class AuthService:
         remembered = self.refusals.retry_after([limit.key for limit in limits])
         if remembered is not None:
             raise TooManyAttempts(remembered)
-        refusal = await self.limiter.count(limits, utcnow())
-        if refusal is not None:
-            await self.uow.rollback()
-            self.refusals.remember(refusal)
-            raise TooManyAttempts(refusal.retry_after)
-        user = await self.users.load_by_email(email)
-        # Hashing takes hundreds of milliseconds: hold no transaction (and no pooled
-        # connection) while it runs.
-        await self.uow.commit()
-
+        async with self.uow.transaction():
+            refusal = await self.limiter.count(limits, utcnow())
+            if refusal is not None:
+                self.refusals.remember(refusal)
+                raise TooManyAttempts(refusal.retry_after)  # rolls back: not counted
+            user = await self.users.load_by_email(email)
+        # Hashing takes hundreds of milliseconds: it runs outside any transaction, with no
+        # pooled connection held.
         try:
             if user is None:
                 await self.hasher.verify_dummy()
@@ -132,25 +130,25 @@ class AuthService:
                 )
         except HashingBusy:
             # The queue filled up since the check above: no password was checked.
-            await self.limiter.settle(limits, failed=False)
-            await self.uow.commit()
+            async with self.uow.transaction():
+                await self.limiter.settle(limits, failed=False)
             raise
         if user is None or not valid or not user.is_active:
-            await self.limiter.settle(limits, failed=True)
-            await self.uow.commit()
+            async with self.uow.transaction():
+                await self.limiter.settle(limits, failed=True)
             raise InvalidCredentials()
 
-        # This pair's failures are forgiven; the others only lose this attempt, so a
-        # client cannot wipe the failures it made elsewhere by logging in to its own
-        # account.
-        await self.limiter.forgive(limits[0])
-        await self.limiter.settle(limits[1:], failed=False)
-        if new_hash is not None:
-            # The configured cost changed since this hash was made: upgrade it now that
-            # the password is known.
-            user.hashed_password = new_hash
-            await self.users.save(user)
-        await self.uow.commit()
+        async with self.uow.transaction():
+            # This pair's failures are forgiven; the others only lose this attempt, so a
+            # client cannot wipe the failures it made elsewhere by logging in to its own
+            # account.
+            await self.limiter.forgive(limits[0])
+            await self.limiter.settle(limits[1:], failed=False)
+            if new_hash is not None:
+                # The configured cost changed since this hash was made: upgrade it now
+                # that the password is known.
+                user.hashed_password = new_hash
+                await self.users.save(user)
         return self.tokens.issue(user.id, user.role)
 
 

@@ -35,21 +35,21 @@ class UserService:
         return user
 
     async def update_self(self, user_id: uuid.UUID, changes: UserSelfUpdate) -> User:
-        user = await self._load(user_id)
-        for field, value in changes.model_dump(exclude_unset=True).items():
-            setattr(user, field, value)
-        user.updated_at = utcnow()
-        try:
-            await self.users.save(user)
-        except DuplicateKeyError:
-            raise EmailTaken() from None
-        await self.uow.commit()
+        async with self.uow.transaction():
+            user = await self._load(user_id)
+            for field, value in changes.model_dump(exclude_unset=True).items():
+                setattr(user, field, value)
+            user.updated_at = utcnow()
+            try:
+                await self.users.save(user)
+            except DuplicateKeyError:
+                raise EmailTaken() from None
         return user
 
     async def change_password(self, user_id: uuid.UUID, change: PasswordChange) -> None:
-        user = await self._load(user_id)
         # No transaction stays open while bcrypt runs.
-        await self.uow.commit()
+        async with self.uow.transaction():
+            user = await self._load(user_id)
         valid, _ = await self.hasher.verify_and_update(
             change.current_password, user.hashed_password
         )
@@ -57,8 +57,8 @@ class UserService:
             raise InvalidCredentials("Current password is incorrect")
         user.hashed_password = await self.hasher.hash(change.new_password)
         user.updated_at = utcnow()
-        await self.users.save(user)
-        await self.uow.commit()
+        async with self.uow.transaction():
+            await self.users.save(user)
 
     async def _load(self, user_id: uuid.UUID) -> User:
         user = await self.users.load(user_id)
@@ -68,34 +68,34 @@ class UserService:
 
     async def administer(self, user_id: uuid.UUID, changes: UserAdminUpdate) -> User:
         values = changes.model_dump(exclude_unset=True)
-        user, another_admin = await self._lock_for_admin_change(user_id)
-        loses_admin = _is_active_admin(user) and (
-            values.get("role", ADMIN_ROLE) != ADMIN_ROLE or values.get("is_active") is False
-        )
-        if loses_admin and not another_admin:
-            raise LastAdministrator()
-        for field, value in values.items():
-            setattr(user, field, value)
-        user.updated_at = utcnow()
-        await self.users.save(user)
-        await self.uow.commit()
+        async with self.uow.transaction():
+            user, another_admin = await self._lock_for_admin_change(user_id)
+            loses_admin = _is_active_admin(user) and (
+                values.get("role", ADMIN_ROLE) != ADMIN_ROLE or values.get("is_active") is False
+            )
+            if loses_admin and not another_admin:
+                raise LastAdministrator()
+            for field, value in values.items():
+                setattr(user, field, value)
+            user.updated_at = utcnow()
+            await self.users.save(user)
         return user
 
     async def delete(self, user_id: uuid.UUID) -> None:
-        user, another_admin = await self._lock_for_admin_change(user_id)
-        if _is_active_admin(user) and not another_admin:
-            raise LastAdministrator()
-        await self.users.delete(user)
-        await self.uow.commit()
+        async with self.uow.transaction():
+            user, another_admin = await self._lock_for_admin_change(user_id)
+            if _is_active_admin(user) and not another_admin:
+                raise LastAdministrator()
+            await self.users.delete(user)
 
     async def _lock_for_admin_change(self, user_id: uuid.UUID) -> tuple[User, bool]:
         """Lock the user and the active administrators; say whether another one remains.
 
         Every change that could remove an administrator takes the administrators' row
-        locks first, always in the same order, so two such changes run one after the
-        other and the second sees what the first did.
+        locks first (the first statement of its transaction), always in the same order,
+        so two such changes run one after the other and the second sees what the first
+        did.
         """
-        await self.uow.commit()  # start a fresh transaction: the lock comes first
         admins = await self.users.lock_active_with_role(ADMIN_ROLE)
         user = await self.users.load(user_id, for_update=True)
         if user is None:
@@ -117,19 +117,20 @@ class AdminBootstrap:
 
     async def ensure_admin(self, email: str, password: str) -> str:
         """Make `email` an active administrator and say what was done."""
-        user = await self.users.load_by_email(email)
+        async with self.uow.transaction():
+            user = await self.users.load_by_email(email)
         if user is None:
             user = User(
                 email=email, hashed_password=await self.hasher.hash(password), role=ADMIN_ROLE
             )
-            await self.users.save(user)
-            await self.uow.commit()
+            async with self.uow.transaction():
+                await self.users.save(user)
             return f"Created administrator {email}"
         if _is_active_admin(user):
             return f"{email} is already an administrator; nothing changed"
         user.role = ADMIN_ROLE
         user.is_active = True
         user.updated_at = utcnow()
-        await self.users.save(user)
-        await self.uow.commit()
+        async with self.uow.transaction():
+            await self.users.save(user)
         return f"Promoted {email} to administrator (password unchanged)"
