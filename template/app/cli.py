@@ -11,8 +11,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from app.core.config import Settings, load_settings
 from app.core.db import Database, UnitOfWork
-from app.core.security import PasswordHasher, password_problem
+from app.core.security import PasswordHasher, TokenService, password_problem
 from app.schemas.user import UserCreate
+from app.services.session import SessionService
 from app.services.user import AdminBootstrap
 
 
@@ -21,13 +22,21 @@ async def create_admin(settings: Settings, email: str, password: str) -> str:
     try:
         hasher = PasswordHasher(settings.bcrypt_rounds)
         try:
-            return await AdminBootstrap(UnitOfWork(database), hasher).ensure_admin(
-                email, password
-            )
+            return await AdminBootstrap(UnitOfWork(database), hasher).ensure_admin(email, password)
         finally:
             hasher.close()
     finally:
         await database.dispose()
+
+
+async def prune_sessions(settings: Settings) -> str:
+    database = Database(settings)
+    try:
+        service = SessionService(UnitOfWork(database), TokenService(settings), settings)
+        sessions, tokens = await service.prune()
+    finally:
+        await database.dispose()
+    return f"Deleted {sessions} closed session(s) and {tokens} unusable refresh token(s)"
 
 
 async def database_reachable(settings: Settings) -> str | None:
@@ -80,6 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="read the password from standard input (else FIRST_ADMIN_PASSWORD, else a prompt)",
     )
+    commands.add_parser(
+        "prune-sessions",
+        help="delete revoked and expired sessions and expired refresh tokens (safe to repeat)",
+    )
     wait = commands.add_parser("wait-for-db", help="wait until the database answers")
     wait.add_argument("--timeout", type=float, default=60.0, help="seconds (default 60)")
     args = parser.parse_args(argv)
@@ -88,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "create-admin":
         email, password = _admin_credentials(args, settings)
         print(asyncio.run(create_admin(settings, email, password)))
+    elif args.command == "prune-sessions":
+        print(asyncio.run(prune_sessions(settings)))
     else:
         deadline = time.monotonic() + args.timeout
         while (problem := asyncio.run(database_reachable(settings))) is not None:

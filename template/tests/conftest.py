@@ -1,6 +1,7 @@
 """Fixtures: a migrated test database, an app per test, clients and signed-in users."""
 
 import asyncio
+import base64
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -76,6 +77,12 @@ def as_json(body: object) -> bytes:
 
 
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def session_of(access_token: str) -> str:
+    """The session id (`sid`) an access token carries."""
+    payload = access_token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sid"])
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
@@ -213,6 +220,8 @@ class SignedIn:
     email: str
     role: str
     headers: dict[str, str]
+    session_id: str
+    refresh_token: str
 
 
 MakeUser = Callable[..., Awaitable[SignedIn]]
@@ -238,8 +247,16 @@ def make_user(app: FastAPI, client: AsyncClient) -> MakeUser:
             "/api/v1/auth/login", data={"username": email, "password": password}
         )
         assert response.status_code == 200, response.text
-        token = response.json()["access_token"]
-        return SignedIn(str(user.id), email, role.value, {"Authorization": f"Bearer {token}"})
+        body = response.json()
+        token = body["access_token"]
+        return SignedIn(
+            str(user.id),
+            email,
+            role.value,
+            {"Authorization": f"Bearer {token}"},
+            session_of(token),
+            body["refresh_token"],
+        )
 
     return make
 

@@ -14,7 +14,7 @@ from app.core.config import Settings
 from app.core.db import Database, UnitOfWork
 from app.core.security import TokenClaims
 from app.models.user import User
-from tests.conftest import GUARD_SECONDS, MakeUser, make_settings
+from tests.conftest import GUARD_SECONDS, MakeUser, SignedIn, make_settings
 
 
 def test_the_one_sqlalchemy_internal_in_use_still_works() -> None:
@@ -51,18 +51,24 @@ async def test_a_transaction_commits_its_block_and_rolls_back_a_block_that_raise
 ) -> None:
     user = await make_user()
     user_id = uuid.UUID(user.id)
+    pool = app.state.database.engine.pool
     uow = UnitOfWork(app.state.database)
-    assert await uow.read(lambda c: c.execute(text("SELECT 1")).scalar_one()) == 1
     with pytest.raises(RuntimeError, match="no transaction"):
         uow.session  # noqa: B018 - outside a block there is no session to use
+    async with uow.transaction():
+        assert await uow.read(lambda c: c.execute(text("SELECT 1")).scalar_one()) == 1
+        assert pool.checkedout() == 0  # the fast path gave its connection back, no session
 
-    with pytest.raises(LookupError):
+    async def change_then_fail() -> None:
         async with uow.transaction():
             row = await uow.session.get(User, user_id)
             assert row is not None
             row.full_name = "Rolled back"
             await uow.session.flush()
             raise LookupError
+
+    with pytest.raises(LookupError):
+        await change_then_fail()
     async with uow.transaction():
         row = await uow.session.get(User, user_id)
         assert row is not None
@@ -77,8 +83,7 @@ async def test_a_transaction_commits_its_block_and_rolls_back_a_block_that_raise
         row = await another.session.get(User, user_id)
         assert row is not None
         assert row.full_name == "Committed"
-    # Every block gave its connection back.
-    assert app.state.database.engine.pool.checkedout() == 0
+    assert pool.checkedout() == 0  # every block gave its connection back
 
 
 async def test_a_request_that_waits_too_long_for_a_connection_gets_503(
@@ -102,18 +107,19 @@ async def test_a_request_that_waits_too_long_for_a_connection_gets_503(
 class ForgedTokens:
     """Stands in for the token service: every token names one user."""
 
-    def __init__(self, user_id: str) -> None:
-        self.user_id = uuid.UUID(user_id)
+    def __init__(self, user: SignedIn) -> None:
+        self.user_id = uuid.UUID(user.id)
+        self.session_id = uuid.UUID(user.session_id)
 
     def read(self, token: str) -> TokenClaims:
-        return TokenClaims(user_id=self.user_id, role="unused")
+        return TokenClaims(user_id=self.user_id, role="unused", session_id=self.session_id)
 
 
 async def test_the_current_user_comes_from_overridable_dependencies(
     app: FastAPI, client: AsyncClient, make_user: MakeUser
 ) -> None:
     user = await make_user()
-    app.dependency_overrides[get_token_service] = lambda: ForgedTokens(user.id)
+    app.dependency_overrides[get_token_service] = lambda: ForgedTokens(user)
     response = await client.get(
         "/api/v1/users/me", headers={"Authorization": "Bearer any-token-at-all"}
     )

@@ -7,6 +7,7 @@ import hmac
 import json
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -47,7 +48,14 @@ def forge(
 
 def claims(user: SignedIn, **changes: Any) -> dict[str, Any]:
     now = int(time.time())
-    values: dict[str, Any] = {"sub": user.id, "role": user.role, "iat": now, "exp": now + 600}
+    values: dict[str, Any] = {
+        "sub": user.id,
+        "role": user.role,
+        "sid": user.session_id,
+        "jti": uuid.uuid4().hex,
+        "iat": now,
+        "exp": now + 600,
+    }
     values.update(changes)
     return {k: v for k, v in values.items() if v is not None}
 
@@ -102,7 +110,7 @@ async def test_expired_token_is_rejected(client: AsyncClient, user: SignedIn) ->
     await assert_rejected(client, forge(claims(user, iat=past - 60, exp=past)))
 
 
-@pytest.mark.parametrize("claim", ["exp", "iat", "sub"])
+@pytest.mark.parametrize("claim", ["exp", "iat", "jti", "sub", "sid"])
 async def test_token_missing_a_required_claim_is_rejected(
     client: AsyncClient, user: SignedIn, claim: str
 ) -> None:
@@ -131,6 +139,17 @@ async def test_edited_payload_is_rejected(client: AsyncClient, user: SignedIn) -
 )
 async def test_malformed_token_is_rejected(client: AsyncClient, token: str) -> None:
     await assert_rejected(client, token)
+
+
+@pytest.mark.parametrize("sid", [str(uuid.uuid4()), "not-a-uuid", 42, "", None])
+async def test_a_token_naming_no_session_of_its_user_is_rejected(
+    client: AsyncClient, make_user: MakeUser, sid: object
+) -> None:
+    """Tokens from before sessions existed carry no `sid`; a session that is not the
+    subject's (someone else's, or none) opens nothing."""
+    member, other = await make_user(), await make_user()
+    await assert_rejected(client, forge({**claims(member), "sid": sid}))
+    await assert_rejected(client, forge(claims(member, sid=other.session_id)))
 
 
 @pytest.mark.parametrize("sub", [str(uuid.uuid4()), "not-a-uuid", 42, ""])
@@ -180,6 +199,8 @@ async def test_issued_token_carries_sub_role_iat_and_exp(app: FastAPI, make_user
     payload = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert payload["sub"] == member.id
     assert payload["role"] == member.role
+    assert payload["sid"] == member.session_id
+    assert len(payload["jti"]) == 32
     assert payload["exp"] - payload["iat"] == 30 * 60
     service: TokenService = app.state.token_service
     assert service.read(token).user_id == uuid.UUID(member.id)
@@ -203,7 +224,11 @@ async def test_a_remembered_token_is_refused_once_it_expires(
 
 def test_the_verified_token_memory_is_bounded(settings: Settings) -> None:
     service = TokenService(settings)
-    issued = [service.issue(uuid.uuid4(), "user").token for _ in range(VERIFIED_TOKENS_KEPT + 10)]
+    later = datetime.now(UTC) + timedelta(days=1)
+    issued = [
+        service.issue(uuid.uuid4(), "user", uuid.uuid4(), later).token
+        for _ in range(VERIFIED_TOKENS_KEPT + 10)
+    ]
     for token in issued:
         service.read(token)
     # Every token still reads correctly, remembered or not.

@@ -204,18 +204,28 @@ async def test_admin_reads_a_user_and_gets_404_for_unknown(
 async def test_admin_changes_role_and_the_change_applies_at_once(
     client: AsyncClient, user: SignedIn, admin: SignedIn
 ) -> None:
+    async def sign_in() -> dict[str, str]:
+        response = await client.post(
+            "/api/v1/auth/login", data={"username": user.email, "password": PASSWORD}
+        )
+        assert response.status_code == 200
+        return {"Authorization": f"Bearer {response.json()['access_token']}"}
+
     promoted = await client.patch(
         f"{USERS}/{user.id}", json={"role": ADMIN_ROLE.value}, headers=admin.headers
     )
     assert promoted.status_code == 200
     assert promoted.json()["role"] == ADMIN_ROLE.value
-    # The old token still names the old role, but the database decides.
-    assert (await client.get(USERS, headers=user.headers)).status_code == 200
+    # A new role ends the user's sessions; the next one has it.
+    assert (await client.get(USERS, headers=user.headers)).status_code == 401
+    as_admin = await sign_in()
+    assert (await client.get(USERS, headers=as_admin)).status_code == 200
     demoted = await client.patch(
         f"{USERS}/{user.id}", json={"role": DEFAULT_ROLE.value}, headers=admin.headers
     )
     assert demoted.status_code == 200
-    assert (await client.get(USERS, headers=user.headers)).status_code == 403
+    assert (await client.get(USERS, headers=as_admin)).status_code == 401
+    assert (await client.get(USERS, headers=await sign_in())).status_code == 403
 
 
 @pytest.mark.parametrize(
@@ -258,7 +268,8 @@ async def test_an_administrator_can_step_down_when_another_remains(
         f"{USERS}/{first.id}", json={"role": DEFAULT_ROLE.value}, headers=first.headers
     )
     assert response.status_code == 200
-    assert (await client.get(USERS, headers=first.headers)).status_code == 403
+    # Stepping down ends the former administrator's sessions, this one included.
+    assert (await client.get(USERS, headers=first.headers)).status_code == 401
 
 
 async def test_inactive_administrators_do_not_count_as_the_remaining_one(

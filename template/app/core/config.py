@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     jwt_secret: SecretStr
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
     access_token_expire_minutes: int = Field(default=30, ge=1, le=60 * 24 * 30)
+    # Each refresh token's lifetime, and a session's however often it is refreshed; both
+    # may be fractional (tests use seconds).
+    refresh_token_expire_days: float = Field(default=14, gt=0, le=365)
+    session_max_days: float = Field(default=30, gt=0, le=365)
+    # Open sessions kept per user; a login beyond it closes the oldest.
+    max_sessions_per_user: int = Field(default=20, ge=1, le=1000)
     bcrypt_rounds: int = Field(default=12, ge=4, le=31)
 
     # Failed logins for one account from one client address before that pair is locked,
@@ -116,6 +122,15 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise ValueError(f"not an IP address or network: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _lifetimes_in_order(self) -> "Settings":
+        if self.refresh_token_expire_days > self.session_max_days:
+            raise ValueError(
+                "REFRESH_TOKEN_EXPIRE_DAYS must not exceed SESSION_MAX_DAYS "
+                f"({self.refresh_token_expire_days:g} > {self.session_max_days:g})"
+            )
+        return self
 
     @model_validator(mode="after")
     def _production_requirements(self) -> "Settings":

@@ -111,50 +111,56 @@ class Database:
 class UnitOfWork:
     """One request's (or one command's) access to the database.
 
-    Repositories read and write through it. Reads that need no transaction take the fast
-    path (`read`, `write_one`) and open no session. A service wraps each change in
-    `async with uow.transaction():`, which opens a session for the block, commits it when
-    the block ends and rolls it back when the block raises; either way its connection goes
-    back to the pool at once. So a unit of work holds nothing between blocks and needs no
-    closing.
+    A service runs each of its operations in `async with uow.transaction():`, and its
+    repositories read and write through the unit of work inside that block. Only they
+    know how: on the block's ORM session (`session`, opened on first use, committed when
+    the block ends, rolled back when it raises, its connection back in the pool either
+    way), or on the fast path (`read`, `write_one`), which opens no session. So a unit of
+    work holds nothing between blocks and needs no closing.
     """
 
     def __init__(self, database: Database) -> None:
         self.database = database
+        self._in_transaction = False
         self._session: AsyncSession | None = None
 
     @property
     def session(self) -> AsyncSession:
         """The session of the transaction in progress."""
+        if not self._in_transaction:
+            raise RuntimeError("no transaction: wrap the work in `async with uow.transaction():`")
         if self._session is None:
-            raise RuntimeError("no transaction: wrap the change in `async with uow.transaction():`")
+            self._session = self.database.sessionmaker()
         return self._session
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[None]:
-        """One transaction, on a session of its own, for the block."""
-        if self._session is not None:
+        """One transaction for the block, committed when it ends and rolled back if it
+        raises. Costs nothing when the block never uses the session."""
+        if self._in_transaction:
             raise RuntimeError("a transaction is already in progress: they do not nest")
-        async with self.database.sessionmaker() as session:
-            self._session = session
-            try:
-                yield
-                await session.commit()
-            finally:
-                # Leaving the `async with` closes the session: an uncommitted transaction
-                # is rolled back there.
-                self._session = None
+        self._in_transaction = True
+        try:
+            yield
+            if self._session is not None:
+                await self._session.commit()
+        finally:
+            self._in_transaction = False
+            session, self._session = self._session, None
+            if session is not None:
+                await session.close()  # rolls back what was not committed
 
     async def read(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """See Database.read."""
+        """See Database.read: on a connection of its own, so it does not see what the
+        block's session has not committed."""
         return await self.database.read(query, *args, **kwargs)
 
     async def write_one(
         self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
     ) -> T:
-        """See Database.write_one: committed on its own, outside any transaction block."""
+        """See Database.write_one: committed at once, on its own, whatever the block does."""
         return await self.database.write_one(change, *args, **kwargs)
 
 

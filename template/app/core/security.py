@@ -156,6 +156,7 @@ class AccessToken:
 class TokenClaims:
     user_id: uuid.UUID
     role: str
+    session_id: uuid.UUID
 
 
 # Tokens remembered after their signature and claims were checked, so that a client's
@@ -174,16 +175,24 @@ class TokenService:
         # passed every check get in, and each use checks the expiry again.
         self._verified: dict[str, tuple[TokenClaims, float]] = {}
 
-    def issue(self, user_id: uuid.UUID, role: str) -> AccessToken:
+    def issue(
+        self, user_id: uuid.UUID, role: str, session_id: uuid.UUID, not_after: datetime
+    ) -> AccessToken:
+        """An access token of the session `session_id`, expiring at the configured
+        lifetime or at `not_after` (the session's end), whichever comes first."""
         now = datetime.now(UTC)
+        expires_at = int(min(now + self._lifetime, not_after).timestamp())
+        issued_at = int(now.timestamp())
         payload: dict[str, Any] = {
             "sub": str(user_id),
             "role": role,
-            "iat": int(now.timestamp()),
-            "exp": int((now + self._lifetime).timestamp()),
+            "sid": str(session_id),
+            "jti": uuid.uuid4().hex,
+            "iat": issued_at,
+            "exp": expires_at,
         }
         token = tokens.encode(payload, self._secret, self._algorithm)
-        return AccessToken(token=token, expires_in=int(self._lifetime.total_seconds()))
+        return AccessToken(token=token, expires_in=max(expires_at - issued_at, 0))
 
     def read(self, token: str) -> TokenClaims:
         remembered = self._verified.get(token)
@@ -210,4 +219,13 @@ class TokenService:
             user_id = uuid.UUID(str(payload["sub"]))
         except ValueError:
             raise InvalidTokenError("token subject is not a user id") from None
-        return TokenClaims(user_id=user_id, role=role), float(payload["exp"])
+        session = payload.get("sid")
+        try:
+            # Tokens issued before sessions existed name none: refused.
+            session_id = uuid.UUID(session) if isinstance(session, str) else None
+        except ValueError:
+            session_id = None
+        if session_id is None:
+            raise InvalidTokenError("token names no session")
+        claims = TokenClaims(user_id=user_id, role=role, session_id=session_id)
+        return claims, float(payload["exp"])

@@ -35,6 +35,8 @@ class Principal:
 
     A plain value, not an ORM object: authentication reads it with one SELECT of these
     columns, and code that changes the user loads the row in its own transaction.
+    `session_id` is the sign-in session the caller's token belongs to (None where the
+    value describes a user rather than a request's caller).
     """
 
     id: uuid.UUID
@@ -43,3 +45,4 @@ class Principal:
     role: str
     is_active: bool
     created_at: datetime
+    session_id: uuid.UUID | None = None

@@ -99,4 +99,23 @@ class LoginForm(BaseModel):
 class Token(BaseModel):
     access_token: str
     token_type: Literal["bearer"] = "bearer"  # noqa: S105  # the scheme, not a secret
-    expires_in: int = Field(description="Seconds until the token expires")
+    expires_in: int = Field(description="Seconds until the access token expires")
+    refresh_token: str = Field(
+        description="Spend it at /api/v1/auth/refresh for a new pair; each works once"
+    )
+    refresh_expires_in: int = Field(description="Seconds until the refresh token expires")
+
+
+class RefreshRequest(StrictModel):
+    # Not stored, only hashed and looked up: any text up to this length gets the same
+    # 401 when it is not a live refresh token.
+    refresh_token: str = Field(max_length=1024)
+
+
+class SessionPublic(BaseModel):
+    id: PublicId
+    created_at: datetime
+    last_used_at: datetime = Field(description="The login, or the last refresh")
+    user_agent: str
+    client_address: str
+    current: bool = Field(description="Whether this request's token belongs to it")

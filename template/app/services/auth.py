@@ -6,7 +6,6 @@ from app.core.config import Settings
 from app.core.db import UnitOfWork
 from app.core.roles import DEFAULT_ROLE
 from app.core.security import (
-    AccessToken,
     HashingBusy,
     InvalidTokenError,
     PasswordHasher,
@@ -25,6 +24,7 @@ from app.services.errors import (
     TooManyAttempts,
     TooManyRegistrations,
 )
+from app.services.session import Client, SessionService, TokenPair
 from app.services.throttle import AttemptLimiter, Limit, RecentRefusals
 
 # Scopes of the attempt counters (app/models/throttle.py).
@@ -49,9 +49,9 @@ class AuthService:
         self.uow = uow
         self.users = UserRepository(uow)
         self.limiter = AttemptLimiter(uow)
+        self.sessions = SessionService(uow, tokens, settings)
         self.refusals = refusals
         self.hasher = hasher
-        self.tokens = tokens
         self.settings = settings
         self.lockout = timedelta(minutes=settings.login_lockout_minutes)
 
@@ -97,8 +97,8 @@ class AuthService:
             ),
         ]
 
-    async def login(self, email: str, password: str, address: str) -> AccessToken:
-        """Check the password, at most as often as the limits allow.
+    async def login(self, email: str, password: str, client: Client) -> TokenPair:
+        """Check the password, at most as often as the limits allow, and open a session.
 
         Each attempt is counted before its password is checked, and settled after: a
         failure stays counted, a success is uncounted. So concurrent guesses cannot get
@@ -108,7 +108,7 @@ class AuthService:
         """
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         email = email.strip().lower()
-        limits = self._login_limits(email, address)
+        limits = self._login_limits(email, client.address)
         remembered = self.refusals.retry_after([limit.key for limit in limits])
         if remembered is not None:
             raise TooManyAttempts(remembered)
@@ -149,27 +149,37 @@ class AuthService:
                 # that the password is known.
                 user.hashed_password = new_hash
                 await self.users.save(user)
-        return self.tokens.issue(user.id, user.role)
+            return await self.sessions.start(user.id, user.role, client)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        """See SessionService.refresh."""
+        return await self.sessions.refresh(refresh_token)
+
+    async def logout(self, caller: Principal) -> None:
+        await self.sessions.end(caller)
 
 
 class Authenticator:
     """Who a request's bearer token names."""
 
     def __init__(self, uow: UnitOfWork, tokens: TokenService) -> None:
+        self.uow = uow
         self.users = UserRepository(uow)
         self.tokens = tokens
 
     async def caller(self, token: str | None) -> Principal:
-        """The user `token` names, read from the database on every request: the role and
-        active flag come from there, not from the token, so a demoted, deactivated or
-        deleted user loses access at once."""
+        """The user `token` names, read from the database on every request with its
+        session: the role and active flag come from there, not from the token, and the
+        session must be open, so a demoted, deactivated, deleted or logged-out user loses
+        access at once."""
         if not token:
             raise NotAuthenticated()
         try:
             claims = self.tokens.read(token)
         except InvalidTokenError:
             raise NotAuthenticated("Invalid or expired token") from None
-        user = await self.users.get_principal(claims.user_id)
+        async with self.uow.transaction():
+            user = await self.users.get_caller(claims.user_id, claims.session_id, utcnow())
         if user is None or not user.is_active:
             raise NotAuthenticated("Invalid or expired token")
         return user

@@ -47,3 +47,8 @@ class TooManyAttempts(DomainError):
 
 class TooManyRegistrations(TooManyAttempts):
     message = "Too many registrations from this address; try again later"
+
+
+class InvalidRefreshToken(NotAuthenticated):
+    # One answer for every refresh token that does not work, whatever the reason.
+    message = "Invalid or expired refresh token"

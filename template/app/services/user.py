@@ -9,6 +9,7 @@ from app.core.security import PasswordHasher
 from app.models.types import utcnow
 from app.models.user import Principal, User
 from app.repositories.errors import DuplicateKeyError
+from app.repositories.session import SessionRepository
 from app.repositories.user import UserRepository
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserSelfUpdate
 from app.services.errors import EmailTaken, InvalidCredentials, LastAdministrator, NotFound
@@ -23,13 +24,16 @@ class UserService:
     def __init__(self, uow: UnitOfWork, hasher: PasswordHasher) -> None:
         self.uow = uow
         self.users = UserRepository(uow)
+        self.sessions = SessionRepository(uow)
         self.hasher = hasher
 
     async def page(self, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
-        return await self.users.page(offset, limit)
+        async with self.uow.transaction():
+            return await self.users.page(offset, limit)
 
     async def get(self, user_id: uuid.UUID) -> Principal:
-        user = await self.users.get_principal(user_id)
+        async with self.uow.transaction():
+            user = await self.users.get_principal(user_id)
         if user is None:
             raise NotFound(USER_NOT_FOUND)
         return user
@@ -46,19 +50,22 @@ class UserService:
                 raise EmailTaken() from None
         return user
 
-    async def change_password(self, user_id: uuid.UUID, change: PasswordChange) -> None:
+    async def change_password(self, caller: Principal, change: PasswordChange) -> None:
+        """Change the caller's password and end their other sessions: whoever knew the
+        old password is signed out."""
         # No transaction stays open while bcrypt runs.
         async with self.uow.transaction():
-            user = await self._load(user_id)
+            user = await self._load(caller.id)
         valid, _ = await self.hasher.verify_and_update(
             change.current_password, user.hashed_password
         )
         if not valid:
             raise InvalidCredentials("Current password is incorrect")
         user.hashed_password = await self.hasher.hash(change.new_password)
-        user.updated_at = utcnow()
+        user.updated_at = now = utcnow()
         async with self.uow.transaction():
             await self.users.save(user)
+            await self.sessions.revoke_all(user.id, now, keep=caller.session_id)
 
     async def _load(self, user_id: uuid.UUID) -> User:
         user = await self.users.load(user_id)
@@ -75,10 +82,17 @@ class UserService:
             )
             if loses_admin and not another_admin:
                 raise LastAdministrator()
+            # A new role or a deactivation signs the user out everywhere: no session
+            # continues under what it was opened with.
+            signed_out = (
+                values.get("is_active") is False or values.get("role", user.role) != user.role
+            )
             for field, value in values.items():
                 setattr(user, field, value)
-            user.updated_at = utcnow()
+            user.updated_at = now = utcnow()
             await self.users.save(user)
+            if signed_out:
+                await self.sessions.revoke_all(user.id, now)
         return user
 
     async def delete(self, user_id: uuid.UUID) -> None:

@@ -2,10 +2,11 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Form, status
+from fastapi import APIRouter, Depends, Form, Header, Response, status
 
 from app.api.deps import (
     ClientAddress,
+    CurrentUser,
     HasherDep,
     RecentRefusalsDep,
     SettingsDep,
@@ -13,8 +14,9 @@ from app.api.deps import (
     UnitOfWorkDep,
 )
 from app.schemas.common import error
-from app.schemas.user import LoginForm, Token, UserCreate, UserPublic
+from app.schemas.user import LoginForm, RefreshRequest, Token, UserCreate, UserPublic
 from app.services.auth import AuthService
+from app.services.session import Client, TokenPair
 
 router = APIRouter(prefix="/auth", tags=["auth"])
 
@@ -58,8 +60,41 @@ async def register(data: UserCreate, service: AuthServiceDep, address: ClientAdd
     },
 )
 async def login(
-    form: Annotated[LoginForm, Form()], service: AuthServiceDep, address: ClientAddress
+    form: Annotated[LoginForm, Form()],
+    service: AuthServiceDep,
+    address: ClientAddress,
+    response: Response,
+    user_agent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Token:
-    """Exchange email (as `username`) and password for a bearer token."""
-    token = await service.login(form.username, form.password, address)
-    return Token(access_token=token.token, expires_in=token.expires_in)
+    """Exchange email (as `username`) and password for a bearer token and a refresh
+    token: a new session."""
+    pair = await service.login(form.username, form.password, Client.of(user_agent, address))
+    return _token(pair, response)
+
+
+@router.post("/refresh", responses={401: error("Invalid, expired, spent or revoked token")})
+async def refresh(body: RefreshRequest, service: AuthServiceDep, response: Response) -> Token:
+    """Spend a refresh token for a new pair. A refresh token works once: presenting a
+    spent one again ends its session, for whoever holds its tokens."""
+    return _token(await service.refresh(body.refresh_token), response)
+
+
+@router.post(
+    "/logout",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={401: error("Missing, invalid or expired token")},
+)
+async def logout(user: CurrentUser, service: AuthServiceDep) -> Response:
+    """End this token's session: its access and refresh tokens stop working."""
+    await service.logout(user)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _token(pair: TokenPair, response: Response) -> Token:
+    response.headers["Cache-Control"] = "no-store"  # tokens are never cached (RFC 6749)
+    return Token(
+        access_token=pair.access.token,
+        expires_in=pair.access.expires_in,
+        refresh_token=pair.refresh_token,
+        refresh_expires_in=pair.refresh_expires_in,
+    )

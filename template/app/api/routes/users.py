@@ -45,7 +45,8 @@ async def update_me(
 async def change_password(
     change: PasswordChange, user: CurrentUser, service: UserServiceDep
 ) -> Response:
-    await service.change_password(user.id, change)
+    """Change your password. Your other sessions end; this one goes on."""
+    await service.change_password(user, change)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
