@@ -223,11 +223,12 @@ class Benchmark:
         return {key: str(body[key]) for key in ("access_token", "refresh_token")}
 
     def refresh_request(self, base_url: str, sessions: int) -> HttpRequest:
-        """The refresh workload's request with `sessions` fresh refresh tokens, one per
-        connection: wrk_report.lua spends each and carries on with the one its answer holds."""
+        """The refresh workload's request with fresh refresh tokens, one per connection
+        (`sessions`) and one for wrk's check of the script: wrk_report.lua spends each and
+        carries on with the one its answer holds."""
         with ThreadPoolExecutor(REFRESH_LOGINS_AT_ONCE) as pool:
             pairs = list(
-                pool.map(lambda _: self.sign_in(base_url, REFRESHER_EMAIL), range(sessions))
+                pool.map(lambda _: self.sign_in(base_url, REFRESHER_EMAIL), range(sessions + 1))
             )
         tokens = tuple(pair["refresh_token"] for pair in pairs)
         body = json.dumps({"refresh_token": tokens[0]})

@@ -10,9 +10,11 @@
 --                       not counted (default 0). One wrk process covers warm-up and
 --                       measurement, so the server is in steady state when counting starts.
 --   BENCH_DELAY_MS      pause before each request on a connection (optional; a light probe)
---   BENCH_REFRESH_TOKENS  comma-separated refresh tokens, one per connection (optional): each
---                       request then spends one, and the token its answer carries replaces it,
---                       as a client rotating its refresh token does
+--   BENCH_REFRESH_TOKENS  comma-separated refresh tokens, one per connection and one more
+--                       (optional): each request then spends one, and the token its answer
+--                       carries replaces it, as a client rotating its refresh token does. wrk
+--                       calls the first thread's request() once before the run to check it:
+--                       the extra token is for that call.
 --   BENCH_THREADS       wrk's thread count, to share the refresh tokens among the threads
 --
 -- Every status is counted here, so any non-2xx response (3xx included) is visible; wrk's
@@ -68,7 +70,7 @@ function setup(thread)
   -- Each token goes to one thread only: two requests spending one token would be reuse.
   local mine, index = {}, #threads
   for i, t in ipairs(refresh_tokens) do
-    if (i - 1) % thread_count == index - 1 then
+    if (i == 1 and index == 1) or (i > 1 and (i - 2) % thread_count == index - 1) then
       table.insert(mine, t)
     end
   end

@@ -32,9 +32,9 @@ T = TypeVar("T")
 class Database:
     """One engine and what runs on it, created per application instance.
 
-    `sessionmaker` opens the sessions that units of work change data in. `read` and
-    `write_one` are the repositories' fast paths: a function of a sync Connection runs
-    on a pooled connection, checkout to checkin in one greenlet.
+    `sessionmaker` opens the sessions that units of work change data in. `read`,
+    `write_one` and `write` are the repositories' fast paths: a function of a sync
+    Connection runs on a pooled connection, checkout to checkin in one greenlet.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -86,15 +86,25 @@ class Database:
         """
         return await greenlet_spawn(self._write_one, lambda conn: change(conn, *args, **kwargs))
 
+    async def write(
+        self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `change(connection, *args, **kwargs)`, several statements, as one transaction
+        of its own: committed when it returns, rolled back if it raises."""
+        return await greenlet_spawn(self._write, lambda conn: change(conn, *args, **kwargs))
+
     def _read(self, query: Callable[[Connection], T]) -> T:
         with self._read_engine.connect() as connection:
             return query(connection)
 
     def _write_one(self, change: Callable[[Connection], T]) -> T:
         if self._single_statement_engine is None:
-            with self.engine.sync_engine.begin() as connection:
-                return change(connection)
+            return self._write(change)
         with self._single_statement_engine.connect() as connection:
+            return change(connection)
+
+    def _write(self, change: Callable[[Connection], T]) -> T:
+        with self.engine.sync_engine.begin() as connection:
             return change(connection)
 
     async def ping(self, timeout_seconds: float) -> None:
@@ -115,8 +125,8 @@ class UnitOfWork:
     repositories read and write through the unit of work inside that block. Only they
     know how: on the block's ORM session (`session`, opened on first use, committed when
     the block ends, rolled back when it raises, its connection back in the pool either
-    way), or on the fast path (`read`, `write_one`), which opens no session. So a unit of
-    work holds nothing between blocks and needs no closing.
+    way), or on the fast path (`read`, `write_one`, `write`), which opens no session. So a
+    unit of work holds nothing between blocks and needs no closing.
     """
 
     def __init__(self, database: Database) -> None:
@@ -162,6 +172,12 @@ class UnitOfWork:
     ) -> T:
         """See Database.write_one: committed at once, on its own, whatever the block does."""
         return await self.database.write_one(change, *args, **kwargs)
+
+    async def write(
+        self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """See Database.write: a transaction of its own, whatever the block does."""
+        return await self.database.write(change, *args, **kwargs)
 
 
 def read_page(
