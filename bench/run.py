@@ -270,7 +270,7 @@ class Benchmark:
                 base_url, THROTTLED_EMAIL, self.password, LOGIN_MAX_FAILURES, workers
             ),
             check_last_administrator(
-                base_url, self.login(base_url, ADMIN_EMAIL), SECOND_ADMIN_EMAIL,
+                base_url, ADMIN_EMAIL, SECOND_ADMIN_EMAIL,
                 lambda email: self.login(base_url, email), workers,
             ),
         ]  # fmt: skip
