@@ -216,11 +216,13 @@ class Benchmark:
         return environment
 
     def login(self, base_url: str, email: str) -> str:
-        return self.sign_in(base_url, email)["access_token"]
+        """A new access token of the user."""
+        return str(self.sign_in(base_url, email)["access_token"])
 
-    def sign_in(self, base_url: str, email: str) -> dict[str, str]:
-        body = expect(base_url, login_request(email, self.password), [200])
-        return {key: str(body[key]) for key in ("access_token", "refresh_token")}
+    def sign_in(self, base_url: str, email: str) -> dict[str, object]:
+        """The body of a login answer: the tokens."""
+        body: dict[str, object] = expect(base_url, login_request(email, self.password), [200])
+        return body
 
     def refresh_request(self, base_url: str, sessions: int) -> HttpRequest:
         """The refresh workload's request with fresh refresh tokens, one per connection
@@ -230,7 +232,7 @@ class Benchmark:
             pairs = list(
                 pool.map(lambda _: self.sign_in(base_url, REFRESHER_EMAIL), range(sessions + 1))
             )
-        tokens = tuple(pair["refresh_token"] for pair in pairs)
+        tokens = tuple(str(pair["refresh_token"]) for pair in pairs)
         body = json.dumps({"refresh_token": tokens[0]})
         return HttpRequest("POST", f"{API}/auth/refresh", body, JSON_TYPE, refresh_tokens=tokens)
 
