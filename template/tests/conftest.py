@@ -124,6 +124,12 @@ def settings(migrated_database: str) -> Settings:
     return make_settings(migrated_database)
 
 
+async def close_app(app: FastAPI) -> None:
+    """Give back what create_app() opened: pooled connections and the hashing threads."""
+    await app.state.database.dispose()
+    app.state.password_hasher.close()
+
+
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
@@ -132,7 +138,7 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     async with application.state.database.engine.begin() as connection:
         for table in reversed(SQLModel.metadata.sorted_tables):
             await connection.execute(table.delete())
-    await application.state.database.dispose()
+    await close_app(application)
 
 
 @pytest.fixture
