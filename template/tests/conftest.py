@@ -130,7 +130,9 @@ def settings(migrated_database: str) -> Settings:
 
 
 async def close_app(app: FastAPI) -> None:
-    """Give back what create_app() opened: pooled connections and the hashing threads."""
+    """Give back what create_app() opened: the email jobs, pooled connections and the
+    hashing threads."""
+    await app.state.account_mail.close()  # first: its jobs use the database
     await app.state.database.dispose()
     app.state.password_hasher.close()
 
@@ -139,7 +141,7 @@ async def close_app(app: FastAPI) -> None:
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     yield application
-    await application.state.account_mail.close()  # its jobs use the tables below
+    await application.state.account_mail.close()  # its jobs use the tables emptied below
     # Each test starts from empty tables.
     async with application.state.database.engine.begin() as connection:
         for table in reversed(SQLModel.metadata.sorted_tables):

@@ -37,6 +37,7 @@ from tests.conftest import (
     MailServer,
     MakeUser,
     SignedIn,
+    close_app,
     make_settings,
 )
 
@@ -326,9 +327,7 @@ async def app_client(settings: Settings) -> AsyncIterator[tuple[FastAPI, AsyncCl
         ) as http:
             yield application, http
     finally:
-        await application.state.account_mail.close()
-        application.state.password_hasher.close()
-        await application.state.database.dispose()
+        await close_app(application)
 
 
 async def test_required_verification_refuses_only_the_right_password_of_unverified_accounts(
