@@ -17,7 +17,9 @@ from app.repositories.errors import DuplicateKeyError
 from app.repositories.throttle import CounterKey
 from app.repositories.user import UserRepository
 from app.schemas.user import UserCreate
+from app.services.account_mail import AccountMail
 from app.services.errors import (
+    EmailNotVerified,
     EmailTaken,
     InvalidCredentials,
     NotAuthenticated,
@@ -45,6 +47,7 @@ class AuthService:
         tokens: TokenService,
         settings: Settings,
         refusals: RecentRefusals,
+        mail: AccountMail,
     ) -> None:
         self.uow = uow
         self.users = UserRepository(uow)
@@ -54,9 +57,11 @@ class AuthService:
         self.hasher = hasher
         self.settings = settings
         self.lockout = timedelta(minutes=settings.login_lockout_minutes)
+        self.mail = mail
 
     async def register(self, data: UserCreate, address: str) -> User:
-        """Create a user with the least privileged role; the body cannot choose another."""
+        """Create a user with the least privileged role (the body cannot choose another),
+        and email them a link to verify their address."""
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         limit = Limit(
             CounterKey(REGISTER_FROM_ADDRESS, address=address),
@@ -79,6 +84,7 @@ class AuthService:
                 await self.users.save(user)
         except DuplicateKeyError:
             raise EmailTaken() from None
+        self.mail.verification(user.id)
         return user
 
     def _login_limits(self, email: str, address: str) -> list[Limit]:
@@ -105,6 +111,10 @@ class AuthService:
         past a limit by all arriving before the first failure is written. An attempt
         refused by a limit is not counted, so hammering a locked key does not prolong
         its lock.
+
+        With REQUIRE_VERIFIED_EMAIL, the right password of an unverified account opens
+        no session: the answer says to verify, and a new link is sent (within the hourly
+        limit). A wrong password is refused as always, so this reveals nothing more.
         """
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         email = email.strip().lower()
@@ -138,6 +148,7 @@ class AuthService:
                 await self.limiter.settle(limits, failed=True)
             raise InvalidCredentials()
 
+        verified = user.email_verified or not self.settings.require_verified_email
         async with self.uow.transaction():
             # This pair's failures are forgiven; the others only lose this attempt, so a
             # client cannot wipe the failures it made elsewhere by logging in to its own
@@ -149,7 +160,10 @@ class AuthService:
                 # that the password is known.
                 user.hashed_password = new_hash
                 await self.users.save(user)
-            return await self.sessions.start(user.id, user.role, client)
+            if verified:
+                return await self.sessions.start(user.id, user.role, client)
+        self.mail.verification(user.id)
+        raise EmailNotVerified()
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """See SessionService.refresh."""
