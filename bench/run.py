@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from benchkit.options import (
     LARGE_WORKLOAD,
     LOGIN_REFUSED_STATUSES,
     ME_UNDER_LOGIN_CONNECTIONS,
+    REFRESH_LOGINS_AT_ONCE,
     SERVICE_LOG_LEVEL,
     UNDER_LOGIN_WORKLOADS,
     WORKLOADS,
@@ -76,6 +78,9 @@ ADMIN_EMAIL = "admin@example.com"
 BENCH_EMAIL = "bench@example.com"
 # `create` writes as another user, so that `list` keeps reading exactly SEED_ITEMS items.
 WRITER_EMAIL = "writer@example.com"
+# `refresh` rotates the sessions of a user of its own.
+REFRESHER_EMAIL = "refresher@example.com"
+MAX_SESSIONS_PER_USER = 1000
 # Accounts of the cross-process rule checks, which run after the measurements.
 THROTTLED_EMAIL = "throttled@example.com"
 SECOND_ADMIN_EMAIL = "second-admin@example.com"
@@ -184,6 +189,8 @@ class Benchmark:
                 "LOG_LEVEL": SERVICE_LOG_LEVEL,
                 "CORS_ORIGINS": '["https://bench.example.com"]',
                 "LOGIN_MAX_FAILURES": str(LOGIN_MAX_FAILURES),
+                # The refresh workload keeps a session open per connection.
+                "MAX_SESSIONS_PER_USER": str(MAX_SESSIONS_PER_USER),
             }
         )
         env.update(opts.extra_env)
@@ -209,8 +216,25 @@ class Benchmark:
         return environment
 
     def login(self, base_url: str, email: str) -> str:
-        body = expect(base_url, login_request(email, self.password), [200])
-        return str(body["access_token"])
+        """A new access token of the user."""
+        return str(self.sign_in(base_url, email)["access_token"])
+
+    def sign_in(self, base_url: str, email: str) -> dict[str, object]:
+        """The body of a login answer: the tokens."""
+        body: dict[str, object] = expect(base_url, login_request(email, self.password), [200])
+        return body
+
+    def refresh_request(self, base_url: str, sessions: int) -> HttpRequest:
+        """The refresh workload's request with fresh refresh tokens, one per connection
+        (`sessions`) and one for wrk's check of the script: wrk_report.lua spends each and
+        carries on with the one its answer holds."""
+        with ThreadPoolExecutor(REFRESH_LOGINS_AT_ONCE) as pool:
+            pairs = list(
+                pool.map(lambda _: self.sign_in(base_url, REFRESHER_EMAIL), range(sessions + 1))
+            )
+        tokens = tuple(str(pair["refresh_token"]) for pair in pairs)
+        body = json.dumps({"refresh_token": tokens[0]})
+        return HttpRequest("POST", f"{API}/auth/refresh", body, JSON_TYPE, refresh_tokens=tokens)
 
     def register(self, base_url: str, email: str) -> None:
         body = json.dumps({"email": email, "password": self.password, "full_name": "Bench"})
@@ -225,6 +249,7 @@ class Benchmark:
             expect(base_url, HttpRequest("POST", f"{API}/items", body, JSON_TYPE, token), [201])
         self.check_page(base_url, BENCH_EMAIL, SEED_ITEMS)
         self.register(base_url, WRITER_EMAIL)
+        self.register(base_url, REFRESHER_EMAIL)
         item = json.dumps({"title": "Benchmark item", "description": "Created by wrk"})
         # A token "@email" stands for a fresh access token of that user (see resolve()).
         return {
@@ -232,6 +257,8 @@ class Benchmark:
             "me": HttpRequest("GET", f"{API}/users/me", token="@" + BENCH_EMAIL),
             "list": HttpRequest("GET", f"{API}/items?limit=100", token="@" + BENCH_EMAIL),
             "create": HttpRequest("POST", f"{API}/items", item, JSON_TYPE, "@" + WRITER_EMAIL),
+            # Its refresh tokens are made per run, one per connection (refresh_request()).
+            "refresh": HttpRequest("POST", f"{API}/auth/refresh", "", JSON_TYPE),
             "login": login_request(BENCH_EMAIL, self.password),
         }
 
@@ -245,7 +272,7 @@ class Benchmark:
                 base_url, THROTTLED_EMAIL, self.password, LOGIN_MAX_FAILURES, workers
             ),
             check_last_administrator(
-                base_url, self.login(base_url, ADMIN_EMAIL), SECOND_ADMIN_EMAIL,
+                base_url, ADMIN_EMAIL, SECOND_ADMIN_EMAIL,
                 lambda email: self.login(base_url, email), workers,
             ),
         ]  # fmt: skip
@@ -306,7 +333,9 @@ class Benchmark:
         opts = self.options
         # Each request must succeed once, without a redirect, before wrk repeats it.
         for name in workloads:
-            if name not in UNDER_LOGIN_WORKLOADS:
+            if name == "refresh":
+                expect(server.base_url, self.refresh_request(server.base_url, 1), [200])
+            elif name not in UNDER_LOGIN_WORKLOADS:
                 expect(server.base_url, self.resolve(server.base_url, requests[name]), [200, 201])
         # Warm-ups size themselves on the rate last measured for the workload.
         rates: dict[str, float] = {"login": self.hash_limit_rps}
@@ -329,7 +358,11 @@ class Benchmark:
                             wrk, requests["login"], probe, connections, warmup, timeout
                         )
                     else:
-                        request = self.resolve(server.base_url, requests[name])
+                        request = (
+                            self.refresh_request(server.base_url, connections)
+                            if name == "refresh"
+                            else self.resolve(server.base_url, requests[name])
+                        )
                         label = f"{name}-c{connections}-r{repeat}"
                         before, result = self.measure_one(
                             server, wrk, meter, request, connections, warmup, timeout,

@@ -10,6 +10,12 @@
 --                       not counted (default 0). One wrk process covers warm-up and
 --                       measurement, so the server is in steady state when counting starts.
 --   BENCH_DELAY_MS      pause before each request on a connection (optional; a light probe)
+--   BENCH_REFRESH_TOKENS  comma-separated refresh tokens, one per connection and one more
+--                       (optional): each request then spends one, and the token its answer
+--                       carries replaces it, as a client rotating its refresh token does. wrk
+--                       calls the first thread's request() once before the run to check it:
+--                       the extra token is for that call.
+--   BENCH_THREADS       wrk's thread count, to share the refresh tokens among the threads
 --
 -- Every status is counted here, so any non-2xx response (3xx included) is visible; wrk's
 -- own counter only sees statuses >= 400. Latency percentiles are wrk's and cover the whole
@@ -53,24 +59,57 @@ if delay_ms and delay_ms > 0 then
 end
 
 local threads = {}
+local refresh_tokens = {}
+for t in string.gmatch(os.getenv("BENCH_REFRESH_TOKENS") or "", "[^,]+") do
+  table.insert(refresh_tokens, t)
+end
+local thread_count = tonumber(os.getenv("BENCH_THREADS") or "") or 1
 
 function setup(thread)
   table.insert(threads, thread)
+  -- Each token goes to one thread only: two requests spending one token would be reuse.
+  local mine, index = {}, #threads
+  for i, t in ipairs(refresh_tokens) do
+    if (i == 1 and index == 1) or (i > 1 and (i - 2) % thread_count == index - 1) then
+      table.insert(mine, t)
+    end
+  end
+  thread:set("tokens", table.concat(mine, ","))
 end
 
 -- Per-thread state (each wrk thread runs its own copy of this script).
 local counting_from
 
+local pool
+
 function init(args)
   counting_from = now() + measure_from
   counted = 0
   statuses = {}
+  pool = {}
+  for t in string.gmatch(tokens or "", "[^,]+") do
+    table.insert(pool, t)
+  end
 end
 
 function response(status, headers, response_body)
   if now() >= counting_from then
     counted = counted + 1
     statuses[status] = (statuses[status] or 0) + 1
+  end
+  if #refresh_tokens > 0 and status == 200 then
+    local next_token = string.match(response_body, '"refresh_token":"([^"]+)"')
+    if next_token then
+      table.insert(pool, next_token)
+    end
+  end
+end
+
+if #refresh_tokens > 0 then
+  function request()
+    -- A failed answer loses its token: later requests then send none and count as errors.
+    local t = table.remove(pool) or "none-left"
+    return wrk.format(nil, nil, nil, '{"refresh_token":"' .. t .. '"}')
   end
 end
 

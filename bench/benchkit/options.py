@@ -7,7 +7,20 @@ from pathlib import Path
 
 from benchkit.wrk import WrkSettings
 
-WORKLOADS = ("health", "me", "list", "create", "login", "health-under-login", "me-under-login")
+WORKLOADS = (
+    "health",
+    "me",
+    "list",
+    "create",
+    "refresh",
+    "login",
+    "health-under-login",
+    "me-under-login",
+)
+# The refresh workload spends a session's refresh token per request; it needs as many
+# sessions (logins) as connections, made this many at a time (fewer than LOGIN_MAX_FAILURES,
+# which also bounds one account's logins in flight from one address).
+REFRESH_LOGINS_AT_ONCE = 4
 LARGE_WORKLOAD = "list-large"
 # Measured while a login wrk runs at full tilt at the row's connection count.
 UNDER_LOGIN_WORKLOADS = ("health-under-login", "me-under-login")

@@ -28,7 +28,7 @@ TARGET_HEALTH_P99_UNDER_LOGIN_MS = 25.0
 TARGET_ME_UNDER_LOGIN_SHARE = 0.50
 TARGET_LARGE_LIST_SLOWDOWN = 2.0
 # Workloads whose request rate should hold as connections grow.
-SCALING_WORKLOADS = ("health", "me", "list", "create", "login", LARGE_WORKLOAD)
+SCALING_WORKLOADS = ("health", "me", "list", "create", "refresh", "login", LARGE_WORKLOAD)
 # A hand-written section of docs/benchmarks.md that bench/run.py keeps when it rewrites it.
 ANALYSIS_HEADING = "## Analysis"
 # Above this many cores used by other processes a run is flagged as noisy.
@@ -242,6 +242,23 @@ def check_targets(summaries: list[Summary], hash_limit_rps: float) -> list[Check
                 ),
             )
         )
+
+    # A refresh checks no password: one token spent and one issued, in one transaction.
+    rotations = [
+        (c, by_key[("refresh", c)], by_key[("create", c)])
+        for c in connections
+        if ("refresh", c) in by_key and ("create", c) in by_key
+    ]
+    checks.append(
+        Check(
+            "refresh: zero errors and >= the create req/s",
+            all(r.errors == 0 and r.rps >= w.rps for _, r, w in rotations) if rotations else None,
+            ", ".join(
+                f"c={c}: {r.rps / w.rps:.2f}x create, {r.errors} errors" if w.rps else f"c={c}: -"
+                for c, r, w in rotations
+            ),
+        )
+    )
 
     checks += [
         _login_check(summaries, hash_limit_rps),

@@ -59,27 +59,32 @@ def check_login_throttling(
 
 
 def check_last_administrator(
-    base_url: str, admin_token: str, second_email: str, login: Callable[[str], str], workers: int
+    base_url: str, first_email: str, second_email: str, login: Callable[[str], str], workers: int
 ) -> Check:
-    """Two administrators demoting each other at once: one succeeds, one gets 409."""
-    second_token = login(second_email)
-    first, second = user_id(base_url, admin_token), user_id(base_url, second_token)
-    tokens = {first: admin_token, second: second_token}
+    """Two administrators demoting each other at once: one succeeds, one gets 409.
+
+    A change of role ends the changed user's sessions, so both sign in afresh each round.
+    """
+    emails = (first_email, second_email)
+    first, second = (user_id(base_url, login(email)) for email in emails)
     outcomes: list[list[int]] = []
     for _ in range(DEMOTION_ROUNDS):
         # Make both administrators again, through whichever one still is.
+        tokens = [login(email) for email in emails]
         for user in (first, second):
-            for token in tokens.values():
+            for token in tokens:
                 status, _ = http(base_url, set_role(user, ADMIN_ROLE, token))
                 if status == 200:
                     break
-        demotions = [set_role(second, FIRST_ROLE, admin_token)]
+        first_token, second_token = (login(email) for email in emails)
+        demotions = [set_role(second, FIRST_ROLE, first_token)]
         demotions.append(set_role(first, FIRST_ROLE, second_token))
         outcomes.append(sorted(concurrently(base_url, demotions)))
     # Each account as the administrator that remains sees it.
     admins = 0
+    tokens = [login(email) for email in emails]
     for user in (first, second):
-        for token in tokens.values():
+        for token in tokens:
             status, body = http(base_url, HttpRequest("GET", f"{API}/users/{user}", token=token))
             if status == 200:
                 admins += body["role"] == ADMIN_ROLE and body["is_active"]

@@ -96,6 +96,8 @@ class HttpRequest:
     body: str = ""
     content_type: str = ""
     token: str = ""
+    # For the refresh workload: one refresh token per connection, rotated by wrk_report.lua.
+    refresh_tokens: tuple[str, ...] = ()
 
     def with_token(self, token: str) -> HttpRequest:
         return HttpRequest(self.method, self.path, self.body, self.content_type, token)

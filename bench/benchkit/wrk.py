@@ -139,6 +139,8 @@ class Wrk:
                 "BENCH_TOKEN": request.token,
                 "BENCH_MEASURE_FROM": str(warmup),
                 "BENCH_DELAY_MS": f"{delay_ms:g}" if delay_ms else "",
+                "BENCH_REFRESH_TOKENS": ",".join(request.refresh_tokens),
+                "BENCH_THREADS": str(threads),
             }
         )
         try:

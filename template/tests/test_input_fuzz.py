@@ -776,9 +776,12 @@ class Fuzzer:
             problems.append("a password hash in the answer")
         body = _json(response)
         if response.is_success and isinstance(body, dict) and "access_token" in body:
-            # A new token is the point of a login; it may equal one held (same second).
-            token = str(body.pop("access_token"))
-            self.secrets.setdefault(token, "a token issued during the test")
+            # New tokens are the point of a login or a refresh; an access token may equal
+            # one held (same second). Neither may appear anywhere else, logs included.
+            for kind in ("access_token", "refresh_token"):
+                token = str(body.pop(kind, ""))
+                if token:
+                    self.secrets.setdefault(token, f"a {kind.replace('_', ' ')} issued in the test")
             text = json.dumps(body)
         problems += [
             f"{whose} in the answer" for secret, whose in self.secrets.items() if secret in text

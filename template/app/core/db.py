@@ -1,8 +1,8 @@
 """The database: the async engine, a unit of work per request, and fast reads."""
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import Connection, CursorResult, Select, text
@@ -12,8 +12,9 @@ from sqlalchemy.pool import NullPool
 # The one use of SQLAlchemy's internals in this service, isolated here: greenlet_spawn runs
 # a sync function in a greenlet of its own, as AsyncConnection.run_sync does, but with the
 # checkout and checkin inside that one greenlet instead of three. On the reads that every
-# request makes this saves about a tenth of the request's CPU (docs/performance.md).
-# tests/test_database.py fails at once if SQLAlchemy moves or changes it.
+# request makes this saves about a tenth of the request's CPU (docs/performance.md); the
+# fast writes use it too. tests/test_database.py fails at once if SQLAlchemy moves or
+# changes it.
 from sqlalchemy.util import greenlet_spawn
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -27,9 +28,9 @@ T = TypeVar("T")
 class Database:
     """One engine and what runs on it, created per application instance.
 
-    `sessionmaker` opens the sessions that units of work change data in. `read` and
-    `write_one` are the repositories' fast paths: a function of a sync Connection runs
-    on a pooled connection, checkout to checkin in one greenlet.
+    `sessionmaker` opens the sessions that units of work change data in. `read`,
+    `write_one` and `write` are the repositories' fast paths: a function of a sync
+    Connection runs on a pooled connection, checkout to checkin in one greenlet.
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -86,15 +87,25 @@ class Database:
         """
         return await greenlet_spawn(self._write_one, lambda conn: change(conn, *args, **kwargs))
 
+    async def write(
+        self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """Run `change(connection, *args, **kwargs)`, several statements, as one transaction
+        of its own: committed when it returns, rolled back if it raises."""
+        return await greenlet_spawn(self._write, lambda conn: change(conn, *args, **kwargs))
+
     def _read(self, query: Callable[[Connection], T]) -> T:
         with self._read_engine.connect() as connection:
             return query(connection)
 
     def _write_one(self, change: Callable[[Connection], T]) -> T:
         if self._single_statement_engine is None:
-            with self.engine.sync_engine.begin() as connection:
-                return change(connection)
+            return self._write(change)
         with self._single_statement_engine.connect() as connection:
+            return change(connection)
+
+    def _write(self, change: Callable[[Connection], T]) -> T:
+        with self.engine.sync_engine.begin() as connection:
             return change(connection)
 
     async def ping(self, timeout_seconds: float) -> None:
@@ -115,8 +126,8 @@ class UnitOfWork:
     repositories read and write through the unit of work inside that block. Only they
     know how: on the block's ORM session (`session`, opened on first use, committed when
     the block ends, rolled back when it raises, its connection back in the pool either
-    way), or on the fast path (`read`, `write_one`), which opens no session. So a unit of
-    work holds nothing between blocks and needs no closing.
+    way), or on the fast path (`read`, `write_one`, `write`), which opens no session. So a
+    unit of work holds nothing between blocks and needs no closing.
     """
 
     def __init__(self, database: Database) -> None:
@@ -133,22 +144,10 @@ class UnitOfWork:
             self._session = self.database.sessionmaker()
         return self._session
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[None]:
+    def transaction(self) -> "Transaction":
         """One transaction for the block, committed when it ends and rolled back if it
         raises. Costs nothing when the block never uses the session."""
-        if self._in_transaction:
-            raise RuntimeError("a transaction is already in progress: they do not nest")
-        self._in_transaction = True
-        try:
-            yield
-            if self._session is not None:
-                await self._session.commit()
-        finally:
-            self._in_transaction = False
-            session, self._session = self._session, None
-            if session is not None:
-                await session.close()  # rolls back what was not committed
+        return Transaction(self)
 
     async def read(
         self, query: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
@@ -162,6 +161,45 @@ class UnitOfWork:
     ) -> T:
         """See Database.write_one: committed at once, on its own, whatever the block does."""
         return await self.database.write_one(change, *args, **kwargs)
+
+    async def write(
+        self, change: Callable[Concatenate[Connection, P], T], *args: P.args, **kwargs: P.kwargs
+    ) -> T:
+        """See Database.write: a transaction of its own, whatever the block does."""
+        return await self.database.write(change, *args, **kwargs)
+
+
+class Transaction:
+    """`async with uow.transaction():`. A plain class rather than a generator-based context
+    manager: every request enters one, and this costs a fraction as much."""
+
+    __slots__ = ("uow",)
+
+    def __init__(self, uow: UnitOfWork) -> None:
+        self.uow = uow
+
+    async def __aenter__(self) -> None:
+        if self.uow._in_transaction:
+            raise RuntimeError("a transaction is already in progress: they do not nest")
+        self.uow._in_transaction = True
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        uow = self.uow
+        session, uow._session = uow._session, None
+        try:
+            if session is not None:
+                try:
+                    if kind is None:
+                        await session.commit()
+                finally:
+                    await session.close()  # rolls back what was not committed
+        finally:
+            uow._in_transaction = False
 
 
 def read_page(

@@ -1,11 +1,22 @@
 """Queries on sign-in sessions and refresh tokens."""
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Connection, CursorResult, Table, and_, bindparam, delete, or_, update
+from sqlalchemy import (
+    Connection,
+    CursorResult,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    update,
+)
 from sqlalchemy import select as core_select
 from sqlmodel import col, select
 
@@ -48,18 +59,24 @@ _REFRESH_TARGET = (
             USERS, USERS.c.id == SESSIONS.c.user_id
         )
     )
-    .where(TOKENS.c.token_hash == bindparam("token_hash"))
+    .where(TOKENS.c.token_hash == bindparam("presented"))
 )
 
 
-def _is_open(now: datetime) -> Any:
-    return and_(col(AuthSession.revoked_at).is_(None), col(AuthSession.expires_at) > now)
-
-
-def _open_sessions(
-    connection: Connection, user_id: uuid.UUID, now: datetime
-) -> list[dict[str, Any]]:
-    return as_dicts(connection.execute(_OPEN_OF_USER, {"user_id": user_id, "now": now}))
+_SPEND = (
+    update(TOKENS)
+    .where(TOKENS.c.token_hash == bindparam("presented"), TOKENS.c.spent_at.is_(None))
+    .values(spent_at=bindparam("now"))
+)
+_SESSION_OF_TOKEN = core_select(TOKENS.c.session_id).where(
+    TOKENS.c.token_hash == bindparam("presented")
+)
+_INSERT_TOKEN = insert(TOKENS)
+_TOUCH = (
+    update(SESSIONS)
+    .where(SESSIONS.c.id == bindparam("refreshed"))
+    .values(last_used_at=bindparam("now"))
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +90,46 @@ class RefreshTarget:
     user_id: uuid.UUID
     role: str
     user_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    """What spending a refresh token did: what it led to and the new token stored, if
+    any; or, when it had been spent already, the session it belongs to (`reused`)."""
+
+    target: RefreshTarget | None = None
+    successor: RefreshToken | None = None
+    reused: uuid.UUID | None = None
+
+
+def _rotate(
+    connection: Connection,
+    token_hash: str,
+    now: datetime,
+    successor: Callable[[RefreshTarget], RefreshToken | None],
+) -> Rotation:
+    params = {"presented": token_hash, "now": now}
+    if connection.execute(_SPEND, params).rowcount != 1:
+        return Rotation(reused=connection.execute(_SESSION_OF_TOKEN, params).scalar())
+    row = connection.execute(_REFRESH_TARGET, params).first()
+    if row is None:
+        return Rotation()
+    target = RefreshTarget(*row)
+    token = successor(target)
+    if token is not None:
+        connection.execute(_INSERT_TOKEN, token.model_dump())
+        connection.execute(_TOUCH, {"refreshed": token.session_id, "now": now})
+    return Rotation(target, token)
+
+
+def _is_open(now: datetime) -> Any:
+    return and_(col(AuthSession.revoked_at).is_(None), col(AuthSession.expires_at) > now)
+
+
+def _open_sessions(
+    connection: Connection, user_id: uuid.UUID, now: datetime
+) -> list[dict[str, Any]]:
+    return as_dicts(connection.execute(_OPEN_OF_USER, {"user_id": user_id, "now": now}))
 
 
 class SessionRepository:
@@ -89,38 +146,16 @@ class SessionRepository:
         self.uow.session.add(token)
         await self.uow.session.flush()
 
-    async def spend_token(self, token_hash: str, now: datetime) -> bool:
-        """Mark the token spent; False when it was spent already, or is unknown.
+    async def rotate(
+        self, token_hash: str, now: datetime, successor: Callable[[RefreshTarget], RefreshToken | None]
+    ) -> Rotation:
+        """Spend the token and, if `successor` gives one for what it leads to, store that
+        token and record the refresh as the session's last use: one transaction.
 
-        One conditional UPDATE: of two transactions spending the same token at once, the
-        second waits for the first and then finds nothing left to spend.
+        The token is spent by one conditional UPDATE: of two transactions spending it at
+        once, the second waits for the first and then finds nothing left to spend.
         """
-        statement = (
-            update(RefreshToken)
-            .where(col(RefreshToken.token_hash) == token_hash, col(RefreshToken.spent_at).is_(None))
-            .values(spent_at=now)
-        )
-        return _rowcount(await self.uow.session.exec(statement)) == 1
-
-    async def session_of_token(self, token_hash: str) -> uuid.UUID | None:
-        statement = select(RefreshToken.session_id).where(RefreshToken.token_hash == token_hash)
-        return (await self.uow.session.exec(statement)).first()
-
-    async def refresh_target(self, token_hash: str) -> RefreshTarget | None:
-        connection = await self.uow.session.connection()
-        row = (await connection.execute(_REFRESH_TARGET, {"token_hash": token_hash})).first()
-        return None if row is None else RefreshTarget(*row)
-
-    async def touch(self, session_id: uuid.UUID, now: datetime) -> None:
-        """Record a refresh as the session's last use, and forget its expired tokens."""
-        await self.uow.session.exec(
-            update(AuthSession).where(col(AuthSession.id) == session_id).values(last_used_at=now)
-        )
-        await self.uow.session.exec(
-            delete(RefreshToken).where(
-                col(RefreshToken.session_id) == session_id, col(RefreshToken.expires_at) <= now
-            )
-        )
+        return await self.uow.write(_rotate, token_hash, now, successor)
 
     async def open_sessions(self, user_id: uuid.UUID, now: datetime) -> list[dict[str, Any]]:
         """The user's open sessions, newest first, as dicts of the listed columns."""

@@ -15,7 +15,7 @@ from app.core.security import AccessToken, TokenService
 from app.models.session import USER_AGENT_MAX_LENGTH, AuthSession, RefreshToken
 from app.models.types import utcnow
 from app.models.user import Principal
-from app.repositories.session import SessionRepository
+from app.repositories.session import RefreshTarget, SessionRepository
 from app.services.errors import InvalidRefreshToken, NotAuthenticated, NotFound
 
 logger = logging.getLogger(__name__)
@@ -87,34 +87,30 @@ class SessionService:
         session is revoked. Every refusal is the same InvalidRefreshToken."""
         if not _REFRESH_TOKEN.fullmatch(presented):
             raise InvalidRefreshToken()
-        digest = token_digest(presented)
         now = utcnow()
-        pair: TokenPair | None = None
+        refresh = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+
+        def successor(target: RefreshTarget) -> RefreshToken | None:
+            """The new refresh token, if the one presented may still be refreshed."""
+            if (
+                target.token_expires_at <= now
+                or target.session_revoked
+                or target.session_expires_at <= now
+                or not target.user_active
+            ):
+                return None
+            return self._token_row(refresh, target.session_id, target.session_expires_at, now)
+
         async with self.uow.transaction():
-            if await self.sessions.spend_token(digest, now):
-                pair = await self._rotate(digest, now)
-            elif (reused := await self.sessions.session_of_token(digest)) is not None:
+            rotation = await self.sessions.rotate(token_digest(presented), now, successor)
+            if rotation.reused is not None:
                 # Spent before: by this client or by someone who copied the token. The
                 # session cannot tell them apart, so it ends for both.
-                await self.sessions.revoke(reused, now)
-                logger.warning("Refresh token reused: session %s revoked", reused)
-        if pair is None:
+                await self.sessions.revoke(rotation.reused, now)
+                logger.warning("Refresh token reused: session %s revoked", rotation.reused)
+        target, token = rotation.target, rotation.successor
+        if target is None or token is None:
             raise InvalidRefreshToken()
-        return pair
-
-    async def _rotate(self, digest: str, now: datetime) -> TokenPair | None:
-        target = await self.sessions.refresh_target(digest)
-        if (
-            target is None
-            or target.token_expires_at <= now
-            or target.session_revoked
-            or target.session_expires_at <= now
-            or not target.user_active
-        ):
-            return None
-        refresh, token = self._refresh_token(target.session_id, target.session_expires_at, now)
-        await self.sessions.add_token(token)
-        await self.sessions.touch(target.session_id, now)
         return self._pair(
             target.user_id,
             target.role,  # the role as it is now, not as it was at login
@@ -157,11 +153,16 @@ class SessionService:
         self, session_id: uuid.UUID, session_expires_at: datetime, now: datetime
     ) -> tuple[str, RefreshToken]:
         refresh = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+        return refresh, self._token_row(refresh, session_id, session_expires_at, now)
+
+    def _token_row(
+        self, refresh: str, session_id: uuid.UUID, session_expires_at: datetime, now: datetime
+    ) -> RefreshToken:
+        # A refresh token never outlives its session.
         expires_at = min(now + self.refresh_lifetime, session_expires_at)
-        row = RefreshToken(
+        return RefreshToken(
             token_hash=token_digest(refresh), session_id=session_id, expires_at=expires_at
         )
-        return refresh, row
 
     def _pair(
         self,
