@@ -132,13 +132,17 @@ def deployment_problems(deployment: dict[str, Any], port: int, sqlite: bool) -> 
     if f"--port={port}" not in command:
         problems.append(f"the API does not listen on port {port}: {command}")
     graceful = re.search(r"--timeout-graceful-shutdown[= ](\d+)", command)
-    prestop = " ".join(api.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", []))
+    prestop = " ".join(
+        api.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
+    )
     pause = PRESTOP_PAUSE.match(prestop)
     if graceful is None or pause is None:
         problems.append("no drain: a preStop pause and uvicorn's --timeout-graceful-shutdown")
     elif pod.get("terminationGracePeriodSeconds", 30) <= int(pause[1]) + int(graceful[1]):
         problems.append("terminationGracePeriodSeconds leaves no time to drain")
-    init = [c for c in pod.get("initContainers", []) if c.get("command") == ["/app/scripts/prestart"]]
+    init = [
+        c for c in pod.get("initContainers", []) if c.get("command") == ["/app/scripts/prestart"]
+    ]
     if not init:
         problems.append("no init container runs scripts/prestart (migrations under the lock)")
     if sqlite:
@@ -154,7 +158,9 @@ def deployment_problems(deployment: dict[str, Any], port: int, sqlite: bool) -> 
     return problems
 
 
-def manifest_problems(documents: list[dict[str, Any]], slug: str, port: int, sqlite: bool) -> list[str]:
+def manifest_problems(
+    documents: list[dict[str, Any]], slug: str, port: int, sqlite: bool
+) -> list[str]:
     """What keeps these objects from being the deployment the guide describes."""
     kinds = by_kind(documents)
     expected = {"Deployment", "Service", "ConfigMap", "CronJob"} | (

@@ -114,7 +114,9 @@ async def test_create_admin_twice_changes_nothing(
 
 
 async def register(client: AsyncClient, email: str, password: str) -> None:
-    response = await client.post("/api/v1/auth/register", json={"email": email, "password": password})
+    response = await client.post(
+        "/api/v1/auth/register", json={"email": email, "password": password}
+    )
     assert response.status_code == 201, response.text
 
 
@@ -161,7 +163,8 @@ async def test_create_admin_never_reactivates_a_deactivated_administrator(
     result = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
 
     assert result.returncode != 0
-    assert "inactive administrator" in result.stderr and "--promote" in result.stderr
+    assert "inactive administrator" in result.stderr
+    assert "--promote" in result.stderr
     after = await client.get(f"/api/v1/users/{bootstrap['id']}", headers=admin.headers)
     assert after.json()["is_active"] is False
     refused = await client.post(
@@ -180,7 +183,8 @@ async def test_create_admin_for_prestart_leaves_an_existing_account_alone_and_su
     result = await asyncio.to_thread(run_cli, migrated_database, "create-admin", "--skip-existing")
 
     assert result.returncode == 0, result.stderr
-    assert "warning" in result.stderr and "nothing changed" in result.stderr
+    assert "warning" in result.stderr
+    assert "nothing changed" in result.stderr
     assert result.stdout == ""
     assert (await me(client, ADMIN_EMAIL, "a stranger's password"))["role"] != ADMIN_ROLE
 
