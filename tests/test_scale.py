@@ -8,7 +8,7 @@
   SIGKILLed under a write load loses no acknowledged write and is taken out and back in by
   the health checks; a replica given SIGTERM under load drains without failing a request;
 - on PostgreSQL, the project's whole test suite through a real PgBouncer in transaction
-  mode (DB_POOLER=pgbouncer).
+  mode (DB_POOLER=pgbouncer), and more requests at once than it has server connections.
 
 What the tests measured is printed (`pytest -s` shows it) and described on the "Running
 at scale" page.
