@@ -403,11 +403,19 @@ async def test_the_first_administrator_counts_as_verified(
     hasher = PasswordHasher(4)
     try:
         bootstrap = AdminBootstrap(UnitOfWork(app.state.database), hasher)
-        await bootstrap.ensure_admin("first.admin@example.com", PASSWORD)
+        await bootstrap.create("first.admin@example.com", PASSWORD)
+        # Promoted by an operator, with the new password they set: verified too.
+        await client.post(
+            "/api/v1/auth/register",
+            json={"email": "promoted@example.com", "password": PASSWORD},
+        )
+        assert (await stored_user(app, "promoted@example.com")).email_verified is False
+        await bootstrap.promote("promoted@example.com", "the operator's new password")
     finally:
         hasher.close()
 
     assert (await stored_user(app, "first.admin@example.com")).email_verified is True
+    assert (await stored_user(app, "promoted@example.com")).email_verified is True
 
 
 # Delivery that fails: the answers do not change, nor wait.
