@@ -4,8 +4,8 @@ prometheus-client's multiprocess mode: each worker process writes its values to 
 one directory that all the workers of a server share, and a scrape, answered by any of
 them, reads every file. So with `--workers N` each answer covers all the workers. The
 directory is named after the process that started the workers (uvicorn's supervisor, or
-the one process itself), made at start-up, and removed when its last worker leaves or,
-after a crash, at the next start.
+the one process itself), made at start-up, and removed when its last worker stops or,
+when that could not happen (a crash, a process killed by a signal), at the next start.
 
 Each worker listens on METRICS_PORT with SO_REUSEPORT, so they share the port and the
 kernel hands each scrape to one of them. The API's port has no `/metrics`: a load
@@ -93,6 +93,10 @@ def install(app: FastAPI, settings: Settings) -> None:
                 yield state
         finally:
             server.close()
+            if multiprocessing.parent_process() is not None:
+                # A worker's process ends with its application: uvicorn re-raises the
+                # signal that stopped it, so exit handlers would not run.
+                _leave(directory)
 
     app.router.lifespan_context = serving_metrics
 
