@@ -191,6 +191,9 @@ class Benchmark:
                 "LOGIN_MAX_FAILURES": str(LOGIN_MAX_FAILURES),
                 # The refresh workload keeps a session open per connection.
                 "MAX_SESSIONS_PER_USER": str(MAX_SESSIONS_PER_USER),
+                # No mail server here: production refuses to start without one unless told
+                # to write emails to the log.
+                "EMAIL_DELIVERY": "log",
             }
         )
         env.update(opts.extra_env)

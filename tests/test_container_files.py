@@ -705,6 +705,7 @@ def test_image_commands_build_and_start_the_service_on_sqlite(tmp_path: Path) ->
         DATABASE_URL=f"sqlite:///{tmp_path / 'app.db'}",
         JWT_SECRET=secrets.token_urlsafe(48),
         CORS_ORIGINS="https://app.example.com",
+        EMAIL_DELIVERY="log",
         FIRST_ADMIN_EMAIL="first.admin@example.com",
         FIRST_ADMIN_PASSWORD=secrets.token_urlsafe(16),
     )

@@ -36,12 +36,14 @@ from app.runtime import admission, metrics
 from app.runtime.garbage import tune_garbage_collection
 from app.runtime.threads import lower_thread_priority
 from app.services import errors
+from app.services.account_mail import AccountMail
 from app.services.throttle import RecentRefusals
 
 logger = logging.getLogger(__name__)
 
 # Most specific first: the first matching class decides the status code.
 ERROR_STATUS: tuple[tuple[type[errors.DomainError], int], ...] = (
+    (errors.InvalidInput, status.HTTP_400_BAD_REQUEST),
     (errors.NotFound, status.HTTP_404_NOT_FOUND),
     (errors.Conflict, status.HTTP_409_CONFLICT),
     (errors.NotAuthenticated, status.HTTP_401_UNAUTHORIZED),
@@ -57,6 +59,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         tune_garbage_collection()
         yield
+        await app.state.account_mail.close()  # the emails still queued go out first
         await app.state.database.dispose()
         app.state.password_hasher.close()
 
@@ -77,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.client_addresses = ClientAddresses(settings.trusted_proxies)
     app.state.recent_refusals = RecentRefusals()
     app.state.token_service = TokenService(settings)
+    app.state.account_mail = AccountMail(app.state.database, settings)
 
     app.include_router(health.router)
     app.include_router(api_router)

@@ -1,17 +1,22 @@
-"""Fixtures: a migrated test database, an app per test, clients and signed-in users."""
+"""Fixtures: a migrated test database, an app per test, clients, signed-in users, and a
+real SMTP server."""
 
 import asyncio
 import base64
 import json
+import re
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from email import message_from_bytes, policy
+from email.message import EmailMessage, MIMEPart
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from alembic import command
 from alembic.config import Config
 from fastapi import FastAPI
@@ -124,15 +129,24 @@ def settings(migrated_database: str) -> Settings:
     return make_settings(migrated_database)
 
 
+async def close_app(app: FastAPI) -> None:
+    """Give back what create_app() opened: the email jobs, pooled connections and the
+    hashing threads."""
+    await app.state.account_mail.close()  # first: its jobs use the database
+    await app.state.database.dispose()
+    app.state.password_hasher.close()
+
+
 @pytest.fixture
 async def app(settings: Settings) -> AsyncIterator[FastAPI]:
     application = create_app(settings)
     yield application
+    await application.state.account_mail.close()  # its jobs use the tables emptied below
     # Each test starts from empty tables.
     async with application.state.database.engine.begin() as connection:
         for table in reversed(SQLModel.metadata.sorted_tables):
             await connection.execute(table.delete())
-    await application.state.database.dispose()
+    await close_app(application)
 
 
 @pytest.fixture
@@ -233,14 +247,19 @@ def make_user(app: FastAPI, client: AsyncClient) -> MakeUser:
     counter = 0
 
     async def make(
-        role: Role = DEFAULT_ROLE, *, email: str | None = None, password: str = PASSWORD
+        role: Role = DEFAULT_ROLE,
+        *,
+        email: str | None = None,
+        password: str = PASSWORD,
+        verified: bool = False,
     ) -> SignedIn:
         nonlocal counter
         counter += 1
         email = email or f"{role.value}{counter}@example.com"
         hasher: PasswordHasher = app.state.password_hasher
         async with app.state.database.sessionmaker() as session:
-            user = User(email=email, hashed_password=await hasher.hash(password), role=role)
+            hashed = await hasher.hash(password)
+            user = User(email=email, hashed_password=hashed, role=role, email_verified=verified)
             session.add(user)
             await session.commit()
         response = await client.post(
@@ -283,3 +302,121 @@ def blocked_hashing(app: FastAPI, user: SignedIn) -> Iterator[BlockedHashing]:
     blocked.release.set()
     hasher._context = original
     assert not blocked.waited_in_vain, "a password check waited for release in vain"
+
+
+SMTP_USERNAME = "test-mailer"
+SMTP_PASSWORD = "smtp password of the tests"
+# The base of the links in the emails of the tests.
+FRONTEND_URL = "https://app.example.test"
+
+
+@dataclass
+class Delivered:
+    """A message the test SMTP server accepted."""
+
+    sender: str | None
+    recipients: list[str]
+    message: EmailMessage
+
+    def part(self, subtype: str) -> str:
+        body = self.message.get_body((subtype,))
+        assert isinstance(body, MIMEPart), f"no text/{subtype} part"
+        return str(body.get_content())
+
+    def token(self, page: str) -> str:
+        """The token of the link to FRONTEND_URL/`page` in the message, which both the
+        plain-text and the HTML part must carry."""
+        pattern = re.escape(f"{FRONTEND_URL}/{page}?token=") + "([A-Za-z0-9_-]+)"
+        found = re.search(pattern, self.part("plain"))
+        assert found, f"no link to {page} in:\n{self.part('plain')}"
+        assert found.group(0) in self.part("html"), "the HTML part lacks the link"
+        return found.group(1)
+
+
+@dataclass
+class MailHandler:
+    """What the test SMTP server does with a message: keeps it; or, while `refusing`,
+    refuses it; or, while `held` is an unset event, waits for it first."""
+
+    delivered: list[Delivered] = field(default_factory=list)
+    refusing: bool = False
+    held: asyncio.Event | None = None
+    waiting: int = 0
+    logins: list[str] = field(default_factory=list)
+
+    async def handle_DATA(  # noqa: N802  # the name aiosmtpd calls
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        if self.held is not None:
+            self.waiting += 1
+            await asyncio.wait_for(self.held.wait(), GUARD_SECONDS)
+        if self.refusing:
+            return "554 5.7.1 Refused by the test server"
+        message = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+        assert isinstance(message, EmailMessage)
+        self.delivered.append(Delivered(envelope.mail_from, list(envelope.rcpt_tos), message))
+        return "250 2.0.0 Accepted"
+
+    def authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        valid = (
+            isinstance(data, LoginPassword)
+            and data.login == SMTP_USERNAME.encode()
+            and data.password == SMTP_PASSWORD.encode()
+        )
+        if valid:
+            self.logins.append(mechanism)
+        return AuthResult(success=valid)
+
+
+@dataclass
+class MailServer:
+    handler: MailHandler
+    port: int
+
+    @property
+    def delivered(self) -> list[Delivered]:
+        return self.handler.delivered
+
+    def to(self, address: str) -> list[Delivered]:
+        return [message for message in self.delivered if message.recipients == [address]]
+
+    def settings(self) -> dict[str, object]:
+        """Settings that send the app's email to this server, retrying at once."""
+        return {
+            "email_delivery": "smtp",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": self.port,
+            "smtp_tls": "none",
+            "smtp_username": SMTP_USERNAME,
+            "smtp_password": SMTP_PASSWORD,
+            "email_from": "accounts@example.test",
+            "email_retry_seconds": 0.01,
+            "frontend_url": FRONTEND_URL,
+        }
+
+
+@pytest.fixture
+async def mail_server() -> AsyncIterator[MailServer]:
+    """A real SMTP server (aiosmtpd) on a free loopback port, in the test's event loop,
+    that accepts the login of MailServer.settings() and no other."""
+    handler = MailHandler()
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: SMTP(
+            handler,
+            hostname="mail.example.test",  # not the machine's name: no DNS lookup
+            # Offers AUTH without TLS (loopback only; the tests have no certificate). The
+            # tests check that the app logged in (MailHandler.logins).
+            auth_require_tls=False,
+            authenticator=handler.authenticate,
+        ),
+        "127.0.0.1",
+        0,
+    )
+    try:
+        yield MailServer(handler, server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -11,7 +11,7 @@ from app.api.deps import get_current_user
 from app.core.config import Settings
 from app.main import create_app
 from app.models.user import Principal
-from tests.conftest import JSON_HEADERS, SignedIn, as_json, make_settings
+from tests.conftest import JSON_HEADERS, SignedIn, as_json, close_app, make_settings
 
 MAX_BODY_BYTES = 4096
 ALLOWED_ORIGIN = "https://app.example.com"
@@ -285,7 +285,7 @@ async def test_wildcard_origin_outside_production_never_allows_credentials(
                 "Access-Control-Request-Method": "POST",
             },
         )
-    await app.state.database.dispose()
+    await close_app(app)
 
     assert response.headers.get("access-control-allow-credentials") is None
     assert response.headers.get("access-control-allow-origin") == "*"

@@ -51,6 +51,7 @@ def production_environment(database_url: str, **overrides: str | None) -> dict[s
         "DATABASE_URL": database_url,
         "JWT_SECRET": STRONG_SECRET,
         "CORS_ORIGINS": "https://app.example.com",
+        "EMAIL_DELIVERY": "log",
         **overrides,
     }
     return {name: value for name, value in variables.items() if value is not None}
@@ -63,8 +64,9 @@ def production_environment(database_url: str, **overrides: str | None) -> dict[s
         ({"JWT_SECRET": "x" * 31}, "JWT_SECRET"),
         ({"JWT_SECRET": "change-me".ljust(40, "-")}, "JWT_SECRET"),
         ({"CORS_ORIGINS": "https://app.example.com,*"}, "CORS_ORIGINS"),
+        ({"EMAIL_DELIVERY": None}, "SMTP_HOST"),
     ],
-    ids=["secret-missing", "secret-31-bytes", "secret-placeholder", "cors-wildcard"],
+    ids=["secret-missing", "secret-31-bytes", "secret-placeholder", "cors-wildcard", "no-smtp"],
 )
 def test_production_refuses_unsafe_settings_naming_the_variable(
     monkeypatch: pytest.MonkeyPatch,
@@ -105,6 +107,7 @@ def test_production_starts_with_safe_settings(tmp_path: Path, test_database_url:
         DATABASE_URL=test_database_url,
         JWT_SECRET=STRONG_SECRET,
         CORS_ORIGINS="https://app.example.com",
+        EMAIL_DELIVERY="log",
     )
 
     assert result.returncode == 0, result.stderr

@@ -14,7 +14,7 @@ from sqlalchemy.engine import make_url
 
 from app.main import create_app
 from app.runtime.garbage import GC_THRESHOLDS
-from tests.conftest import make_settings
+from tests.conftest import close_app, make_settings
 
 
 def unreachable_url(database_url: str, tmp_path: Path) -> str:
@@ -35,7 +35,7 @@ async def offline_client(test_database_url: str, tmp_path: Path) -> AsyncIterato
     transport = ASGITransport(app=app)
     async with AsyncClient(transport=transport, base_url="http://test") as http:
         yield http
-    await app.state.database.dispose()
+    await close_app(app)
     # A driver may discard a failed connection on a thread of its own, which reports back
     # to the event loop: let it finish while the loop still runs (the timeout is a guard).
     for thread in set(threading.enumerate()) - threads_before:

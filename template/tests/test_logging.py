@@ -84,6 +84,7 @@ def test_production_logs_are_json_lines_with_the_request_id(test_database_url: s
         environment="production",
         jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
         cors_origins=["https://app.example.com"],
+        email_delivery="log",
     )
     with root_logger_restored() as root:
         configure_logging(settings)

@@ -27,6 +27,7 @@ from tests.conftest import (
     PASSWORD,
     MakeUser,
     SignedIn,
+    close_app,
     make_settings,
     session_of,
 )
@@ -91,8 +92,7 @@ async def app_with(migrated_database: str, **settings: object) -> AsyncIterator[
         async with AsyncClient(transport=transport, base_url="http://test") as http:
             yield http
     finally:
-        application.state.password_hasher.close()
-        await application.state.database.dispose()
+        await close_app(application)
 
 
 async def count(app: FastAPI, model: type[Any]) -> int:

@@ -22,6 +22,7 @@ from tests.conftest import (
     PASSWORD,
     BlockedHashing,
     client_from,
+    close_app,
     make_settings,
     serving,
 )
@@ -61,7 +62,7 @@ async def limited_app(migrated_database: str) -> AsyncIterator[FastAPI]:
     )
     application = create_app(settings)
     yield application
-    await application.state.database.dispose()
+    await close_app(application)
 
 
 @pytest.fixture

@@ -58,7 +58,9 @@ async def test_reads_do_not_wait_for_an_open_write_transaction(
 
 async def test_update_me_changes_name_and_email(client: AsyncClient, user: SignedIn) -> None:
     response = await client.patch(
-        ME, json={"full_name": "Grace", "email": "Grace@Example.com"}, headers=user.headers
+        ME,
+        json={"full_name": "Grace", "email": "Grace@Example.com", "current_password": PASSWORD},
+        headers=user.headers,
     )
     assert response.status_code == 200
     assert response.json()["full_name"] == "Grace"
@@ -72,7 +74,8 @@ async def test_update_me_changes_name_and_email(client: AsyncClient, user: Signe
 async def test_update_me_to_a_taken_email_is_409(
     client: AsyncClient, user: SignedIn, admin: SignedIn
 ) -> None:
-    response = await client.patch(ME, json={"email": admin.email}, headers=user.headers)
+    body = {"email": admin.email, "current_password": PASSWORD}
+    response = await client.patch(ME, json=body, headers=user.headers)
     assert response.status_code == 409
     assert (await client.get(ME, headers=user.headers)).json()["email"] == user.email
 

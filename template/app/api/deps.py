@@ -17,6 +17,7 @@ from app.core.db import Database, UnitOfWork
 from app.core.roles import ADMIN_ROLE, Role
 from app.core.security import PasswordHasher, TokenService
 from app.models.user import Principal
+from app.services.account_mail import AccountMail
 from app.services.auth import Authenticator
 from app.services.errors import PermissionDenied
 from app.services.throttle import RecentRefusals
@@ -56,6 +57,11 @@ async def get_recent_refusals(request: Request) -> RecentRefusals:
     return refusals
 
 
+async def get_account_mail(request: Request) -> AccountMail:
+    mail: AccountMail = request.app.state.account_mail
+    return mail
+
+
 async def get_client_address(request: Request) -> str:
     """The client's address: the peer, or whom a trusted proxy forwarded for."""
     addresses: ClientAddresses = request.app.state.client_addresses
@@ -69,6 +75,7 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 HasherDep = Annotated[PasswordHasher, Depends(get_password_hasher)]
 TokenServiceDep = Annotated[TokenService, Depends(get_token_service)]
 RecentRefusalsDep = Annotated[RecentRefusals, Depends(get_recent_refusals)]
+AccountMailDep = Annotated[AccountMail, Depends(get_account_mail)]
 ClientAddress = Annotated[str, Depends(get_client_address)]
 
 # auto_error=False: a missing token is reported by get_current_user, in the same

@@ -1,9 +1,11 @@
 """Settings read once from the environment and `.env`."""
 
 import json
+from email.utils import parseaddr
 from functools import lru_cache
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -17,6 +19,8 @@ MIN_SECRET_BYTES = 32
 PLACEHOLDER_SECRETS = frozenset(
     {"change-me", "changeme", "secret", "your-secret-key", "jwt-secret", "please-change-me"}
 )
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 def to_async_url(value: str) -> str:
@@ -96,6 +100,33 @@ class Settings(BaseSettings):
     first_admin_email: str | None = None
     first_admin_password: SecretStr | None = None
 
+    # Outgoing email: password resets and address verification. "smtp" sends through
+    # SMTP_HOST; "log" writes each message to the log instead. Empty: "smtp" when
+    # SMTP_HOST is set, else "log" (which production accepts only when chosen).
+    email_delivery: Literal["smtp", "log"] | None = None
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    # none: plain text (a local catcher); starttls: upgrade after connecting (port 587);
+    # ssl: TLS from the first byte (port 465).
+    smtp_tls: Literal["none", "starttls", "ssl"] = "starttls"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    # The sender: an address, or "Name <address>"; without a name, the project's is used.
+    email_from: str = "no-reply@localhost"
+    # Seconds before the first retry of a failed delivery; each next one waits 5 times longer.
+    email_retry_seconds: float = Field(default=2.0, ge=0, le=600)
+    # The front end's base URL: links in emails are FRONTEND_URL/reset-password?token=...
+    # and FRONTEND_URL/verify-email?token=...
+    frontend_url: str = "http://localhost:5173"
+    password_reset_expire_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    # Reset emails per account per hour; more requests are answered alike and send nothing.
+    password_reset_max_per_hour: int = Field(default=3, ge=1)
+    email_verify_expire_hours: int = Field(default=48, ge=1, le=24 * 30)
+    # Verification emails per address per hour, the one sent at registration included.
+    email_verify_max_per_hour: int = Field(default=3, ge=1)
+    # Whether a login with the right password but an unverified email is refused (403).
+    require_verified_email: bool = False
+
     @field_validator("database_url")
     @classmethod
     def _async_database_url(cls, value: str) -> str:
@@ -112,19 +143,41 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in text.split(",") if origin.strip()]
         return value
 
-    @field_validator("hashing_queue_limit", mode="before")
-    @classmethod
-    def _empty_is_default(cls, value: Any) -> Any:
-        # `HASHING_QUEUE_LIMIT=` (as in .env.example) means: derive it from the cost.
-        return None if isinstance(value, str) and not value.strip() else value
-
     @field_validator(
-        "otel_traces_exporter", "otel_exporter_otlp_endpoint", "otel_service_name", mode="before"
+        "hashing_queue_limit",
+        "email_delivery",
+        "smtp_host",
+        "smtp_username",
+        "smtp_password",
+        "otel_traces_exporter",
+        "otel_exporter_otlp_endpoint",
+        "otel_service_name",
+        mode="before",
     )
     @classmethod
-    def _empty_is_unset(cls, value: Any) -> Any:
-        # `OTEL_TRACES_EXPORTER=` (as in .env.example) is the same as leaving it out.
+    def _empty_is_default(cls, value: Any) -> Any:
+        # `HASHING_QUEUE_LIMIT=` (as in .env.example) means: derive it from the cost;
+        # `SMTP_HOST=`: no mail server; `OTEL_TRACES_EXPORTER=`: as if it were not set.
         return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("email_from")
+    @classmethod
+    def _sender_address(cls, value: str) -> str:
+        _, address = parseaddr(value)
+        local, _, domain = address.rpartition("@")
+        if not local or not domain or any(ch.isspace() for ch in address):
+            raise ValueError(f"not an email address, nor 'Name <address>': {value!r}")
+        return value
+
+    @field_validator("frontend_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        parts = urlsplit(value.strip())
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be an http:// or https:// URL (got {value!r})")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or a fragment: links append their own")
+        return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
     @field_validator("trusted_proxies", mode="before")
     @classmethod
@@ -149,6 +202,22 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _email_delivery(self) -> "Settings":
+        if (self.smtp_username is None) != (self.smtp_password is None):
+            raise ValueError("SMTP_USERNAME and SMTP_PASSWORD must be set together")
+        if self.email_delivery is None:
+            if self.smtp_host is None and self.is_production:
+                raise ValueError(
+                    "SMTP_HOST is required in production: without it no password reset or "
+                    "verification email can be sent (set EMAIL_DELIVERY=log to write them "
+                    "to the log instead, on purpose)"
+                )
+            self.email_delivery = "log" if self.smtp_host is None else "smtp"
+        if self.email_delivery == "smtp" and self.smtp_host is None:
+            raise ValueError("EMAIL_DELIVERY=smtp needs SMTP_HOST")
+        return self
+
+    @model_validator(mode="after")
     def _production_requirements(self) -> "Settings":
         if self.environment != "production":
             return self
@@ -162,6 +231,12 @@ class Settings(BaseSettings):
             raise ValueError("JWT_SECRET is a placeholder; set a random secret in production")
         if "*" in self.cors_origins:
             raise ValueError("CORS_ORIGINS must list explicit origins in production, not '*'")
+        if self.smtp_host is not None and self.email_delivery != "log":
+            # Mail from or links to this machine's loopback reach nobody.
+            if parseaddr(self.email_from)[1].rpartition("@")[2].lower() == "localhost":
+                raise ValueError("EMAIL_FROM must be an address of your domain in production")
+            if urlsplit(self.frontend_url).hostname in LOOPBACK_HOSTS:
+                raise ValueError("FRONTEND_URL must be the front end's public URL in production")
         return self
 
     @property

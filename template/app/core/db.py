@@ -2,6 +2,7 @@
 
 import asyncio
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
@@ -144,7 +145,7 @@ class UnitOfWork:
             self._session = self.database.sessionmaker()
         return self._session
 
-    def transaction(self) -> "Transaction":
+    def transaction(self) -> AbstractAsyncContextManager[None]:
         """One transaction for the block, committed when it ends and rolled back if it
         raises. Costs nothing when the block never uses the session."""
         return Transaction(self)

@@ -25,6 +25,8 @@ class User(SQLModel, table=True):
     # A plain string, not a database enum: adding a role later needs no migration.
     role: str = Field(max_length=ROLE_MAX_LENGTH, index=True)
     is_active: bool = Field(default=True)
+    # Whether the owner proved the address is theirs, by following a link sent to it.
+    email_verified: bool = Field(default=False)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
@@ -44,5 +46,6 @@ class Principal:
     full_name: str | None
     role: str
     is_active: bool
+    email_verified: bool
     created_at: datetime
     session_id: uuid.UUID | None = None

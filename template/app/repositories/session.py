@@ -147,7 +147,10 @@ class SessionRepository:
         await self.uow.session.flush()
 
     async def rotate(
-        self, token_hash: str, now: datetime, successor: Callable[[RefreshTarget], RefreshToken | None]
+        self,
+        token_hash: str,
+        now: datetime,
+        successor: Callable[[RefreshTarget], RefreshToken | None],
     ) -> Rotation:
         """Spend the token and, if `successor` gives one for what it leads to, store that
         token and record the refresh as the session's last use: one transaction.

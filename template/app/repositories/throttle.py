@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Table, and_, case, literal, or_, update
+from sqlalchemy import ColumnElement, Table, and_, case, delete, literal, or_, update
 from sqlmodel import select
 
 from app.core.db import UnitOfWork
@@ -100,6 +100,12 @@ class AttemptCounterRepository:
         remaining = _decremented(COUNTERS.c.in_flight)
         await self.uow.session.exec(
             update(COUNTERS).where(_matches(key)).values(attempts=remaining, in_flight=remaining)
+        )
+
+    async def clear(self, scopes: Sequence[str], email: str) -> None:
+        """Forget every count of `scopes` for the account `email`, from every address."""
+        await self.uow.session.exec(
+            delete(COUNTERS).where(COUNTERS.c.scope.in_(scopes), COUNTERS.c.email == email)
         )
 
 

@@ -90,8 +90,10 @@ class UserRepository:
             User, user_id, with_for_update=for_update, populate_existing=for_update
         )
 
-    async def load_by_email(self, email: str) -> User | None:
+    async def load_by_email(self, email: str, *, for_update: bool = False) -> User | None:
         statement = select(User).where(User.email == email)
+        if for_update:
+            statement = statement.with_for_update().execution_options(populate_existing=True)
         return (await self.uow.session.exec(statement)).first()
 
     async def save(self, user: User) -> User:

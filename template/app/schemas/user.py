@@ -42,6 +42,9 @@ PASSWORD_CHECK_MAX_CHARS = 1024
 Password = Annotated[str, Field(max_length=PASSWORD_CHECK_MAX_CHARS), Storable]
 FullName = Annotated[str, Field(min_length=1, max_length=NAME_MAX_LENGTH), Storable]
 OAuth2Field = Annotated[str, Field(max_length=OAUTH2_FIELD_MAX_CHARS), Storable]
+# A token from an email link. Not stored, only hashed and looked up: any text up to this
+# length that is not a live token of the right kind gets the same 400.
+LinkToken = Annotated[str, Field(max_length=1024)]
 
 
 class UserCreate(StrictModel):
@@ -58,16 +61,19 @@ class UserPublic(BaseModel):
     full_name: str | None
     role: str
     is_active: bool
+    email_verified: bool
     created_at: datetime
 
 
 class UserSelfUpdate(StrictModel):
-    """What users may change about themselves: never their role or active flag."""
+    """What users may change about themselves: never their role or active flag. A new
+    email needs `current_password`."""
 
     email: Email | SkipJsonSchema[None] = None
     full_name: FullName | None = None
+    current_password: Password | SkipJsonSchema[None] = None
 
-    _email_not_null = field_validator("email", mode="before")(not_null)
+    _not_null = field_validator("email", "current_password", mode="before")(not_null)
 
 
 class UserAdminUpdate(StrictModel):
@@ -104,6 +110,25 @@ class Token(BaseModel):
         description="Spend it at /api/v1/auth/refresh for a new pair; each works once"
     )
     refresh_expires_in: int = Field(description="Seconds until the refresh token expires")
+
+
+class PasswordResetRequest(StrictModel):
+    email: Email
+
+
+class PasswordReset(StrictModel):
+    token: LinkToken
+    new_password: NewPassword
+
+
+class EmailVerification(StrictModel):
+    token: LinkToken
+
+
+class Accepted(BaseModel):
+    """The answer to a request whose work goes on after it (an email to send)."""
+
+    detail: str
 
 
 class RefreshRequest(StrictModel):

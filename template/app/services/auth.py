@@ -19,7 +19,9 @@ from app.repositories.errors import DuplicateKeyError
 from app.repositories.throttle import CounterKey
 from app.repositories.user import UserRepository
 from app.schemas.user import UserCreate
+from app.services.account_mail import AccountMail
 from app.services.errors import (
+    EmailNotVerified,
     EmailTaken,
     InvalidCredentials,
     NotAuthenticated,
@@ -41,7 +43,8 @@ REGISTRATION_WINDOW = timedelta(hours=1)
 # For monitoring (app/runtime/metrics.py serves them).
 LOGINS = Counter(
     "login_attempts",
-    "Logins by outcome: success, failure (wrong email or password) or locked (429)",
+    "Logins by outcome: success, failure (wrong email or password), locked (429) or "
+    "unverified (the right password, an email not yet verified)",
     ["outcome"],
 )
 LOCKOUTS = Counter(
@@ -59,6 +62,7 @@ class AuthService:
         tokens: TokenService,
         settings: Settings,
         refusals: RecentRefusals,
+        mail: AccountMail,
     ) -> None:
         self.uow = uow
         self.users = UserRepository(uow)
@@ -68,9 +72,11 @@ class AuthService:
         self.hasher = hasher
         self.settings = settings
         self.lockout = timedelta(minutes=settings.login_lockout_minutes)
+        self.mail = mail
 
     async def register(self, data: UserCreate, address: str) -> User:
-        """Create a user with the least privileged role; the body cannot choose another."""
+        """Create a user with the least privileged role (the body cannot choose another),
+        and email them a link to verify their address."""
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         limit = Limit(
             CounterKey(REGISTER_FROM_ADDRESS, address=address),
@@ -93,6 +99,7 @@ class AuthService:
                 await self.users.save(user)
         except DuplicateKeyError:
             raise EmailTaken() from None
+        self.mail.verification(user.id)
         return user
 
     def _login_limits(self, email: str, address: str) -> list[Limit]:
@@ -119,6 +126,10 @@ class AuthService:
         past a limit by all arriving before the first failure is written. An attempt
         refused by a limit is not counted, so hammering a locked key does not prolong
         its lock.
+
+        With REQUIRE_VERIFIED_EMAIL, the right password of an unverified account opens
+        no session: the answer says to verify, and a new link is sent (within the hourly
+        limit). A wrong password is refused as always, so this reveals nothing more.
         """
         self.hasher.check_capacity()  # refuse a flood before it costs any database work
         email = email.strip().lower()
@@ -162,6 +173,7 @@ class AuthService:
             LOGINS.labels("failure").inc()
             raise InvalidCredentials()
 
+        verified = user.email_verified or not self.settings.require_verified_email
         async with self.uow.transaction():
             # This pair's failures are forgiven; the others only lose this attempt, so a
             # client cannot wipe the failures it made elsewhere by logging in to its own
@@ -173,9 +185,13 @@ class AuthService:
                 # that the password is known.
                 user.hashed_password = new_hash
                 await self.users.save(user)
-            pair = await self.sessions.start(user.id, user.role, client)
-        LOGINS.labels("success").inc()
-        return pair
+            pair = await self.sessions.start(user.id, user.role, client) if verified else None
+        if pair is not None:
+            LOGINS.labels("success").inc()
+            return pair
+        LOGINS.labels("unverified").inc()
+        self.mail.verification(user.id)
+        raise EmailNotVerified()
 
     async def refresh(self, refresh_token: str) -> TokenPair:
         """See SessionService.refresh."""

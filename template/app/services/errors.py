@@ -52,3 +52,16 @@ class TooManyRegistrations(TooManyAttempts):
 class InvalidRefreshToken(NotAuthenticated):
     # One answer for every refresh token that does not work, whatever the reason.
     message = "Invalid or expired refresh token"
+
+
+class InvalidInput(DomainError):
+    message = "Invalid request"
+
+
+class InvalidLinkToken(InvalidInput):
+    # One answer for every token from an email that does not work, whatever the reason.
+    message = "Invalid or expired link; request a new one"
+
+
+class EmailNotVerified(PermissionDenied):
+    message = "Verify your email address first: follow the link emailed to you"

@@ -68,8 +68,6 @@ class SessionService:
     async def start(self, user_id: uuid.UUID, role: str, client: Client) -> TokenPair:
         """Open a session for a user who just proved who they are."""
         now = utcnow()
-        # Room for the new one first: the user's closed sessions go, then the oldest.
-        await self.sessions.make_room(user_id, now, keep=self.max_per_user - 1)
         session = AuthSession(
             user_id=user_id,
             created_at=now,
@@ -79,7 +77,11 @@ class SessionService:
             client_address=client.address,
         )
         refresh, token = self._refresh_token(session.id, session.expires_at, now)
+        # The new row first, then the user's closed and oldest sessions go: the insert's
+        # lock on the user's row comes before any lock on sessions, in the order an
+        # administrator's change of the user takes them.
         await self.sessions.add(session, token)
+        await self.sessions.make_room(user_id, now, keep=self.max_per_user)
         return self._pair(user_id, role, session.id, session.expires_at, refresh, token, now)
 
     async def refresh(self, presented: str) -> TokenPair:

@@ -73,6 +73,11 @@ class RecentRefusals:
             del self._refused[key]
         return None
 
+    def forget_account(self, email: str) -> None:
+        """Forget the refused keys of the account `email`, whose lockout was lifted."""
+        for key in [key for key in self._refused if key.email == email]:
+            del self._refused[key]
+
     def remember(self, refusal: Refusal) -> None:
         now = time.monotonic()
         longest = self.in_flight_seconds if refusal.in_flight else self.remember_seconds
@@ -140,3 +145,7 @@ class AttemptLimiter:
     async def forgive(self, limit: Limit) -> None:
         """Settle the attempt as a success and forget the limit's settled failures."""
         await self.counters.forgive(limit.key)
+
+    async def clear(self, scopes: Sequence[str], email: str) -> None:
+        """Forget the account's counts in `scopes`, whichever addresses made them."""
+        await self.counters.clear(scopes, email)

@@ -5,7 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.api.deps import CurrentUser, HasherDep, RequireAdmin, UnitOfWorkDep
+from app.api.deps import AccountMailDep, CurrentUser, HasherDep, RequireAdmin, UnitOfWorkDep
 from app.schemas.common import Page, PageParams, Responses, error
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserPublic, UserSelfUpdate
 from app.services.user import UserService
@@ -17,8 +17,10 @@ UserPage = Page[UserPublic]
 ADMIN_ONLY: Responses = {403: error("Only the administrator may do this")}
 
 
-async def get_user_service(uow: UnitOfWorkDep, hasher: HasherDep) -> UserService:
-    return UserService(uow, hasher)
+async def get_user_service(
+    uow: UnitOfWorkDep, hasher: HasherDep, mail: AccountMailDep
+) -> UserService:
+    return UserService(uow, hasher, mail)
 
 
 UserServiceDep = Annotated[UserService, Depends(get_user_service)]
@@ -29,11 +31,20 @@ async def read_me(user: CurrentUser) -> UserPublic:
     return UserPublic.model_validate(user)
 
 
-@router.patch("/me", responses={409: error("The email is already registered")})
+@router.patch(
+    "/me",
+    responses={
+        401: error("Missing or invalid token, or a new email without the right current_password"),
+        409: error("The email is already registered"),
+    },
+)
 async def update_me(
     changes: UserSelfUpdate, user: CurrentUser, service: UserServiceDep
 ) -> UserPublic:
-    """Change your own email or name. Role and active flag are not yours to change."""
+    """Change your own email or name. Role and active flag are not yours to change.
+
+    A new email needs `current_password`. It starts unverified: a verification link goes
+    to it, and a notice of the change to the old address."""
     return UserPublic.model_validate(await service.update_self(user.id, changes))
 
 
