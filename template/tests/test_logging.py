@@ -165,6 +165,7 @@ async def test_every_line_logged_while_answering_carries_the_request_id(
         environment="production",
         jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
         cors_origins=["https://app.example.com"],
+        email_delivery="log",
         log_level="INFO",
     )
     stream = io.StringIO()

@@ -104,6 +104,7 @@ async def test_log_lines_of_a_traced_request_carry_its_trace_and_span_ids(
         environment="production",
         jwt_secret=PRODUCTION_SECRET,
         cors_origins=["https://app.example.com"],
+        email_delivery="log",
         log_level="INFO",
     )
     stream = io.StringIO()
