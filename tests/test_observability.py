@@ -115,6 +115,7 @@ def test_prometheus_scrapes_two_workers_and_counts_the_traffic_sent(
         **project_env(),
         "DATABASE_URL": project.database_url,
         "ENVIRONMENT": "production",
+        "EMAIL_DELIVERY": "log",
         "JWT_SECRET": secrets.token_urlsafe(48),
         "BCRYPT_ROUNDS": "4",
         "LOG_LEVEL": "WARNING",
