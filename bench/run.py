@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from benchkit.options import (
     WORKLOADS,
     Options,
 )
+from benchkit.pooler import pgbouncer
 from benchkit.profiler import Profiler
 from benchkit.report import (
     ANALYSIS_HEADING,
@@ -108,6 +109,7 @@ class Benchmark:
         work_dir = Path(tempfile.mkdtemp(prefix=f"bench-{opts.database}-"))
         database: BenchDatabase | None = None
         server: Server | None = None
+        pooler = ExitStack()
         try:
             project = self.prepare_project(work_dir)
             with step(f"create the {opts.database} database"):
@@ -115,6 +117,12 @@ class Benchmark:
                     opts.database, opts.server_urls.get(opts.database, ""), work_dir
                 )
             project.env["DATABASE_URL"] = database.url
+            if opts.pooler == "pgbouncer":
+                with step("start PgBouncer in transaction mode"):
+                    through = pooler.enter_context(pgbouncer(database.server_url))
+                project.env["DATABASE_URL"] = f"{through}/{database.name}"
+                project.env["DB_POOLER"] = "pgbouncer"
+                log(f"the service connects through PgBouncer at {through}")
             log(f"database: {database.name}")
             with step("alembic upgrade head"):
                 project.uv_run("alembic", "upgrade", "head", what="alembic upgrade head")
@@ -162,6 +170,7 @@ class Benchmark:
         finally:
             if server is not None:
                 server.stop()
+            pooler.close()
             if opts.keep:
                 log(f"kept {work_dir} and database {database.name if database else '-'}")
             else:
@@ -206,6 +215,8 @@ class Benchmark:
         # "wrk debian/4.1.0-3+b2 [epoll] Copyright ..." and "uv 0.13.9 (...)"
         versions["wrk"] = tool_version(["wrk", "--version"]).split(" Copyright")[0]
         versions["uv"] = tool_version([uv_executable(), "--version"]).removeprefix("uv ")
+        if self.options.pooler == "pgbouncer":
+            versions["pgbouncer"] = tool_version(["pgbouncer", "--version"]).splitlines()[0]
         rounds = self.options.bcrypt_rounds
         with step(f"measure one bcrypt verify at rounds {rounds}"):
             cpu_s, wall_s = project.bcrypt_verify_seconds(rounds)
@@ -655,6 +666,13 @@ def parse_args(argv: Sequence[str]) -> Options:
     add("--postgres-url", default="postgresql://postgres@127.0.0.1:5432", help="PostgreSQL server")
     add("--mysql-url", default="mysql://root@127.0.0.1:3306", help="MySQL or MariaDB server")
     add(
+        "--pooler",
+        choices=("none", "pgbouncer"),
+        default="none",
+        help="pgbouncer: the service connects through a PgBouncer in transaction mode that "
+        "the run starts on a free port (PostgreSQL only; DB_POOLER=pgbouncer)",
+    )
+    add(
         "--env",
         action="append",
         default=[],
@@ -677,6 +695,8 @@ def parse_args(argv: Sequence[str]) -> Options:
         workloads.append("list")  # the large-table target compares with it
     if min(args.workers, args.repeat, args.threads) < 1 or args.duration <= 0:
         parser.error("--workers, --repeat, --threads and --duration must be positive")
+    if args.pooler != "none" and args.database != "postgresql":
+        parser.error("--pooler pgbouncer needs --database postgresql")
     extra_env = {}
     for item in args.env:
         key, sep, value = item.partition("=")
@@ -707,12 +727,18 @@ def parse_args(argv: Sequence[str]) -> Options:
         vcs_ref=args.vcs_ref or None,
         server_urls={"postgresql": args.postgres_url, "mysql": args.mysql_url},
         extra_env=extra_env,
+        pooler=args.pooler,
         command=shlex.join([".venv/bin/python", "bench/run.py", *argv]),
     )
 
 
-def check_tools(database: str) -> None:
+def check_tools(database: str, pooler: str) -> None:
     missing = []
+    if (
+        pooler == "pgbouncer"
+        and shutil.which("pgbouncer", path=f"{os.environ.get('PATH', '')}:/usr/sbin") is None
+    ):
+        missing.append("pgbouncer is not installed; install it with: apt-get install -y pgbouncer")
     if shutil.which("wrk") is None:
         missing.append(f"wrk is not installed; install it with: {INSTALL_HINT}")
     try:
@@ -729,7 +755,7 @@ def check_tools(database: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse_args(sys.argv[1:] if argv is None else argv)
-    check_tools(options.database)
+    check_tools(options.database, options.pooler)
     os.environ["UV_PYTHON_DOWNLOADS"] = "never"
     return Benchmark(options).run()
 

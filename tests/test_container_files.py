@@ -189,7 +189,9 @@ def dockerfile_problems(text: str, port: int) -> list[str]:
         if not re.search(r"scripts/prestart\b.*&&.*\buvicorn app\.main:app\b", line):
             problems.append(f"CMD does not run scripts/prestart and then uvicorn: {line}")
         # The app decides whom to trust (TRUSTED_PROXIES); uvicorn must not rewrite the peer.
-        for option in (f"--port {port}", "--host 0.0.0.0", "--no-proxy-headers"):
+        # The drain on SIGTERM is bounded, to end within the orchestrator's grace period.
+        options = (f"--port {port}", "--host 0.0.0.0", "--no-proxy-headers")
+        for option in (*options, "--timeout-graceful-shutdown"):
             if option not in line:
                 problems.append(f"CMD lacks `{option}`: {line}")
     return problems
@@ -519,7 +521,7 @@ def test_prestart_waits_migrates_and_creates_the_admin_in_order(
     assert log.read_text().splitlines() == [
         f"{project}|python -m app.cli wait-for-db --timeout 60",
         f"{project}|alembic upgrade head",
-        f"{project}|python -m app.cli create-admin",
+        f"{project}|python -m app.cli create-admin --skip-existing",
     ]
 
 

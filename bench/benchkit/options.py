@@ -61,4 +61,6 @@ class Options:
     vcs_ref: str | None
     server_urls: dict[str, str]
     extra_env: dict[str, str]
+    # What the service connects through: the database itself, or a PgBouncer the run starts.
+    pooler: str
     command: str

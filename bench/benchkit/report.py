@@ -454,7 +454,12 @@ def render_markdown(
             f"- Machine: {m['cores']} cores ({m['cpu']}), {m['memory']}, kernel {m['kernel']}, "
             f"{m['os']}"
         ),
-        f"- Database: {opts.database}, a database created for the run; driver {driver}",
+        f"- Database: {opts.database}, a database created for the run; driver {driver}"
+        + (
+            f"; through {v.get('pgbouncer', 'PgBouncer')} in transaction mode (DB_POOLER=pgbouncer)"
+            if opts.pooler == "pgbouncer"
+            else ""
+        ),
         "- " + ", ".join(f"{label} {v.get(key, '-')}" for label, key in VERSION_LABELS),
         (
             f"- Load: {v.get('wrk')}, `-t{opts.wrk.threads}`, timeout {opts.wrk.timeout_s:g} s "

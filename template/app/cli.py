@@ -14,15 +14,20 @@ from app.core.db import Database, UnitOfWork
 from app.core.security import PasswordHasher, TokenService, password_problem
 from app.schemas.user import UserCreate
 from app.services.session import SessionService
-from app.services.user import AdminBootstrap
+from app.services.user import AccountExists, AdminBootstrap
 
 
-async def create_admin(settings: Settings, email: str, password: str) -> str:
+async def create_admin(settings: Settings, email: str, password: str, *, promote: bool) -> str:
+    """Create the administrator (or, with `promote`, promote and reset an existing
+    account); raises AccountExists when the account exists and `promote` is false."""
     database = Database(settings)
     try:
         hasher = PasswordHasher(settings.bcrypt_rounds)
         try:
-            return await AdminBootstrap(UnitOfWork(database), hasher).ensure_admin(email, password)
+            bootstrap = AdminBootstrap(UnitOfWork(database), hasher)
+            if promote:
+                return await bootstrap.promote(email, password)
+            return await bootstrap.create(email, password)
         finally:
             hasher.close()
     finally:
@@ -76,18 +81,50 @@ def _admin_credentials(args: argparse.Namespace, settings: Settings) -> tuple[st
     return email.lower(), password
 
 
+def _check_admin_flags(args: argparse.Namespace) -> None:
+    if args.promote and not args.reset_password:
+        raise SystemExit(
+            "create-admin: --promote requires --reset-password: an existing account keeps "
+            "no password this command did not set (whoever registered the email chose it)"
+        )
+    if args.reset_password and not args.promote:
+        raise SystemExit("create-admin: --reset-password only goes with --promote")
+    if args.promote and args.skip_existing:
+        raise SystemExit("create-admin: --promote and --skip-existing contradict each other")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.cli", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     admin = commands.add_parser(
         "create-admin",
-        help="create the administrator, or promote an existing user (safe to repeat)",
+        help="create the administrator if the email has no account (safe to repeat)",
+        description="Create the administrator when the email has no account. An existing "
+        "account is never changed, except with --promote --reset-password, typed by an "
+        "operator: it then becomes an active administrator with the password given, and "
+        "its sessions are revoked.",
     )
     admin.add_argument("--email", help="defaults to FIRST_ADMIN_EMAIL")
     admin.add_argument(
         "--password-stdin",
         action="store_true",
         help="read the password from standard input (else FIRST_ADMIN_PASSWORD, else a prompt)",
+    )
+    admin.add_argument(
+        "--promote",
+        action="store_true",
+        help="make an existing account an active administrator (requires --reset-password)",
+    )
+    admin.add_argument(
+        "--reset-password",
+        action="store_true",
+        help="with --promote: replace the account's password with the one given",
+    )
+    admin.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="if the email has an account that is not an active administrator, say so and "
+        "exit 0 without changing it (scripts/prestart uses this)",
     )
     commands.add_parser(
         "prune-sessions",
@@ -99,8 +136,14 @@ def main(argv: list[str] | None = None) -> None:
 
     settings = load_settings()
     if args.command == "create-admin":
+        _check_admin_flags(args)
         email, password = _admin_credentials(args, settings)
-        print(asyncio.run(create_admin(settings, email, password)))
+        try:
+            print(asyncio.run(create_admin(settings, email, password, promote=args.promote)))
+        except AccountExists as exc:
+            if not args.skip_existing:
+                raise SystemExit(f"create-admin: {exc.message}") from None
+            print(f"create-admin: warning: {exc.message}", file=sys.stderr)
     elif args.command == "prune-sessions":
         print(asyncio.run(prune_sessions(settings)))
     else:

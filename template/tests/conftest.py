@@ -46,14 +46,20 @@ class TestEnvironment(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore")
 
     test_database_url: str = Field(min_length=1)
+    # A pooler between the tests and the database (DB_POOLER of the service), if any.
+    db_pooler: str = "none"
+
+
+def read_test_environment() -> TestEnvironment:
+    try:
+        return TestEnvironment()
+    except ValueError:
+        pytest.exit("Set TEST_DATABASE_URL (see .env.example); its tables are emptied by the tests")
 
 
 @pytest.fixture(scope="session")
 def test_database_url() -> str:
-    try:
-        return TestEnvironment().test_database_url
-    except ValueError:
-        pytest.exit("Set TEST_DATABASE_URL (see .env.example); its tables are emptied by the tests")
+    return read_test_environment().test_database_url
 
 
 async def wait_until(condition: Callable[[], object], what: str) -> None:
@@ -113,6 +119,7 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
 def alembic_config(database_url: str) -> Config:
     config = Config(str(PROJECT_ROOT / "alembic.ini"))
     config.attributes["database_url"] = database_url
+    config.attributes["db_pooler"] = read_test_environment().db_pooler
     config.attributes["configure_logger"] = False
     return config
 

@@ -1,4 +1,5 @@
-"""The admin commands: create-admin makes a working administrator; wait-for-db waits."""
+"""The admin commands: create-admin makes a working administrator and never takes over an
+existing account; wait-for-db waits."""
 
 import asyncio
 import os
@@ -11,9 +12,16 @@ from pathlib import Path
 import pytest
 from httpx import AsyncClient
 
-from app.cli import main
+from app.cli import create_admin, main
 from app.core.config import Settings, get_settings
-from tests.conftest import PROJECT_ROOT, TEST_SECRET
+from app.core.roles import ADMIN_ROLE
+from tests.conftest import (
+    PROJECT_ROOT,
+    TEST_SECRET,
+    SignedIn,
+    make_settings,
+    read_test_environment,
+)
 from tests.test_health import unreachable_url
 
 ADMIN_EMAIL = "root@example.com"
@@ -65,6 +73,8 @@ def base_environment(database_url: str) -> dict[str, str]:
         "BCRYPT_ROUNDS": "4",
         "FIRST_ADMIN_EMAIL": ADMIN_EMAIL,
         "FIRST_ADMIN_PASSWORD": ADMIN_PASSWORD,
+        # The commands reach the test database the way the tests do.
+        "DB_POOLER": read_test_environment().db_pooler,
     }
 
 
@@ -103,27 +113,141 @@ async def test_create_admin_twice_changes_nothing(
     assert users.json()["total"] == 1
 
 
-async def test_create_admin_promotes_an_existing_user_keeping_the_password(
+async def register(client: AsyncClient, email: str, password: str) -> None:
+    response = await client.post(
+        "/api/v1/auth/register", json={"email": email, "password": password}
+    )
+    assert response.status_code == 201, response.text
+
+
+async def me(client: AsyncClient, email: str, password: str) -> dict[str, object]:
+    response = await client.get("/api/v1/users/me", headers=await login(client, email, password))
+    assert response.status_code == 200, response.text
+    body: dict[str, object] = response.json()
+    return body
+
+
+async def test_create_admin_never_takes_over_a_registered_account(
     client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
 ) -> None:
-    registered = await client.post(
-        "/api/v1/auth/register",
-        json={"email": "someone@example.com", "password": "registered password"},
+    """Someone registered the administrator's email first, with a password of their own."""
+    await register(client, ADMIN_EMAIL, "a stranger's password")
+
+    result = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
+
+    assert result.returncode != 0
+    assert f"{ADMIN_EMAIL} already has an account" in result.stderr
+    assert "--promote --reset-password" in result.stderr
+    assert "Traceback" not in result.stderr
+    stranger = await login(client, ADMIN_EMAIL, "a stranger's password")
+    assert (await client.get("/api/v1/users", headers=stranger)).status_code == 403
+    assert (await me(client, ADMIN_EMAIL, "a stranger's password"))["role"] != ADMIN_ROLE
+    refused = await client.post(
+        "/api/v1/auth/login", data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
     )
-    assert registered.status_code == 201
-    headers = await login(client, "someone@example.com", "registered password")
-    assert (await client.get("/api/v1/users", headers=headers)).status_code == 403
+    assert refused.status_code == 401
+
+
+async def test_create_admin_never_reactivates_a_deactivated_administrator(
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult], admin: SignedIn
+) -> None:
+    created = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
+    assert created.returncode == 0, created.stderr
+    users = (await client.get("/api/v1/users", headers=admin.headers)).json()["items"]
+    [bootstrap] = [user for user in users if user["email"] == ADMIN_EMAIL]
+    deactivated = await client.patch(
+        f"/api/v1/users/{bootstrap['id']}", json={"is_active": False}, headers=admin.headers
+    )
+    assert deactivated.status_code == 200, deactivated.text
+
+    result = await asyncio.to_thread(run_cli, migrated_database, "create-admin")
+
+    assert result.returncode != 0
+    assert "inactive administrator" in result.stderr
+    assert "--promote" in result.stderr
+    after = await client.get(f"/api/v1/users/{bootstrap['id']}", headers=admin.headers)
+    assert after.json()["is_active"] is False
+    refused = await client.post(
+        "/api/v1/auth/login", data={"username": ADMIN_EMAIL, "password": ADMIN_PASSWORD}
+    )
+    assert refused.status_code in (401, 403)
+
+
+async def test_create_admin_for_prestart_leaves_an_existing_account_alone_and_succeeds(
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
+) -> None:
+    """scripts/prestart's form: a container start never fails, or changes anything,
+    because the email has an account."""
+    await register(client, ADMIN_EMAIL, "a stranger's password")
+
+    result = await asyncio.to_thread(run_cli, migrated_database, "create-admin", "--skip-existing")
+
+    assert result.returncode == 0, result.stderr
+    assert "warning" in result.stderr
+    assert "nothing changed" in result.stderr
+    assert result.stdout == ""
+    assert (await me(client, ADMIN_EMAIL, "a stranger's password"))["role"] != ADMIN_ROLE
+
+
+async def test_promote_without_reset_password_is_refused(
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
+) -> None:
+    await register(client, ADMIN_EMAIL, "a stranger's password")
+
+    result = await asyncio.to_thread(run_cli, migrated_database, "create-admin", "--promote")
+
+    assert result.returncode != 0
+    assert "--promote requires --reset-password" in result.stderr
+    assert (await me(client, ADMIN_EMAIL, "a stranger's password"))["role"] != ADMIN_ROLE
+
+
+async def test_promote_with_reset_password_replaces_the_password_and_signs_everyone_out(
+    client: AsyncClient, migrated_database: str, run_cli: Callable[..., CliResult]
+) -> None:
+    await register(client, ADMIN_EMAIL, "a stranger's password")
+    stranger = await login(client, ADMIN_EMAIL, "a stranger's password")
 
     result = await asyncio.to_thread(
-        run_cli, migrated_database, "create-admin", FIRST_ADMIN_EMAIL="Someone@Example.com"
+        run_cli,
+        migrated_database,
+        "create-admin",
+        "--email",
+        ADMIN_EMAIL.upper(),
+        "--promote",
+        "--reset-password",
     )
 
     assert result.returncode == 0, result.stderr
-    assert "Promoted someone@example.com" in result.stdout
-    headers = await login(client, "someone@example.com", "registered password")
+    assert f"Promoted {ADMIN_EMAIL}" in result.stdout
+    assert (await client.get("/api/v1/users/me", headers=stranger)).status_code == 401
+    refused = await client.post(
+        "/api/v1/auth/login", data={"username": ADMIN_EMAIL, "password": "a stranger's password"}
+    )
+    assert refused.status_code == 401
+    headers = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     users = await client.get("/api/v1/users", headers=headers)
     assert users.status_code == 200
     assert users.json()["total"] == 1
+
+
+@pytest.mark.usefixtures("client")
+async def test_create_admin_run_by_several_processes_at_once_creates_one_administrator(
+    migrated_database: str, client: AsyncClient
+) -> None:
+    """Replicas starting together each run scripts/prestart: one inserts the
+    administrator, the others find it, and none fails."""
+    settings = make_settings(migrated_database)
+
+    outcomes = await asyncio.gather(
+        *(create_admin(settings, ADMIN_EMAIL, ADMIN_PASSWORD, promote=False) for _ in range(4))
+    )
+
+    assert sorted(outcome.split()[0] for outcome in outcomes) == [
+        "Created",
+        *[ADMIN_EMAIL] * 3,
+    ], outcomes
+    headers = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    assert (await client.get("/api/v1/users", headers=headers)).json()["total"] == 1
 
 
 @pytest.mark.usefixtures("client")

@@ -13,7 +13,8 @@ from sqlmodel import SQLModel
 
 import app.models  # noqa: F401  # registers every table on SQLModel.metadata
 from app.core.config import to_async_url
-from tests.conftest import alembic_config
+from app.core.dialect import engine_options
+from tests.conftest import alembic_config, read_test_environment
 
 
 def table_names(database_url: str) -> set[str]:
@@ -21,7 +22,11 @@ def table_names(database_url: str) -> set[str]:
         return set(inspect(connection).get_table_names())
 
     async def read() -> set[str]:
-        engine = create_async_engine(to_async_url(database_url), poolclass=NullPool)
+        engine = create_async_engine(
+            to_async_url(database_url),
+            poolclass=NullPool,
+            **engine_options(read_test_environment().db_pooler),
+        )
         try:
             async with engine.connect() as connection:
                 return await connection.run_sync(names)

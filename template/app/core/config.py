@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from app.core.dialect import ASYNC_DRIVERNAME, DIALECT_NAME
+from app.core.dialect import ASYNC_DRIVERNAME, DIALECT_NAME, POOLERS
 
 MIN_SECRET_BYTES = 32
 # Values that appear in examples and tutorials; production refuses them as secrets.
@@ -52,6 +52,8 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=20, ge=1, le=500)
     db_max_overflow: int = Field(default=0, ge=0, le=500)
     db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
+    # What sits between the service and the database (app/core/dialect.py, POOLERS).
+    db_pooler: str = "none"
 
     jwt_secret: SecretStr
     jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
@@ -131,6 +133,13 @@ class Settings(BaseSettings):
     @classmethod
     def _async_database_url(cls, value: str) -> str:
         return to_async_url(value)
+
+    @field_validator("db_pooler")
+    @classmethod
+    def _known_pooler(cls, value: str) -> str:
+        if value not in POOLERS:
+            raise ValueError(f"DB_POOLER must be one of: {', '.join(POOLERS)} (got {value!r})")
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -20,12 +20,7 @@ from sqlalchemy.util import greenlet_spawn
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from app.core.config import Settings
-from app.core.dialect import (
-    READ_ONLY_OPTIONS,
-    SINGLE_STATEMENT_OPTIONS,
-    configure_engine,
-    engine_options,
-)
+from app.core.dialect import configure_engine, engine_options, execution_options
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -49,7 +44,7 @@ class Database:
             "pool_timeout": settings.db_pool_timeout_seconds,
             # Errors and logs never show a statement's values (password hashes among them).
             "hide_parameters": True,
-            **engine_options(),
+            **engine_options(settings.db_pooler),
         }
         self.engine: AsyncEngine = create_async_engine(settings.database_url, **options)
         configure_engine(self.engine)
@@ -60,13 +55,18 @@ class Database:
         # Readiness probes connect afresh, outside the pool, so that they answer at once
         # even when every pooled connection is busy.
         self._probe_engine = create_async_engine(
-            settings.database_url, poolclass=NullPool, hide_parameters=True, **engine_options()
+            settings.database_url,
+            poolclass=NullPool,
+            hide_parameters=True,
+            **engine_options(settings.db_pooler),
         )
-        self._read_engine = self.engine.execution_options(**READ_ONLY_OPTIONS).sync_engine
+        # What the fast paths may skip depends on the pooler (execution_options()).
+        read_only, single_statement = execution_options(settings.db_pooler)
+        self._read_engine = self.engine.execution_options(**read_only).sync_engine
         self._single_statement_engine = (
             None
-            if SINGLE_STATEMENT_OPTIONS is None
-            else self.engine.execution_options(**SINGLE_STATEMENT_OPTIONS).sync_engine
+            if single_statement is None
+            else self.engine.execution_options(**single_statement).sync_engine
         )
 
     async def read(

@@ -13,7 +13,13 @@ from app.repositories.session import SessionRepository
 from app.repositories.user import UserRepository
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserSelfUpdate
 from app.services.account_mail import AccountMail
-from app.services.errors import EmailTaken, InvalidCredentials, LastAdministrator, NotFound
+from app.services.errors import (
+    Conflict,
+    EmailTaken,
+    InvalidCredentials,
+    LastAdministrator,
+    NotFound,
+)
 
 USER_NOT_FOUND = "User not found"
 
@@ -139,31 +145,81 @@ def _is_active_admin(user: User) -> bool:
     return user.role == ADMIN_ROLE and user.is_active
 
 
+class AccountExists(Conflict):
+    """The email belongs to an account that is not an active administrator."""
+
+
 class AdminBootstrap:
-    """Creates the first administrator, or promotes an existing user; safe to repeat."""
+    """Creates the first administrator. An account that already exists is changed only on
+    an operator's explicit request (`promote`), and then never keeps a password it did
+    not set: whoever registered the email first must not become the administrator."""
 
     def __init__(self, uow: UnitOfWork, hasher: PasswordHasher) -> None:
         self.uow = uow
         self.users = UserRepository(uow)
+        self.sessions = SessionRepository(uow)
         self.hasher = hasher
 
-    async def ensure_admin(self, email: str, password: str) -> str:
-        """Make `email` an active administrator and say what was done."""
+    async def create(self, email: str, password: str) -> str:
+        """Create `email` as an administrator unless it has an account; say what was done.
+
+        Raises AccountExists for an account that is not an active administrator: nothing
+        about it changes (not its role, its active flag or its password).
+        """
         async with self.uow.transaction():
             user = await self.users.load_by_email(email)
         if user is None:
-            user = User(
-                email=email, hashed_password=await self.hasher.hash(password), role=ADMIN_ROLE
-            )
-            user.email_verified = True  # the operator who runs create-admin vouches for it
-            async with self.uow.transaction():
-                await self.users.save(user)
-            return f"Created administrator {email}"
+            user = await self._insert(email, await self.hasher.hash(password))
+            if user is None:
+                return f"Created administrator {email}"
         if _is_active_admin(user):
             return f"{email} is already an administrator; nothing changed"
-        user.role = ADMIN_ROLE
-        user.is_active = True
-        user.updated_at = utcnow()
+        state = "an inactive administrator" if user.role == ADMIN_ROLE else f"role {user.role}"
+        raise AccountExists(
+            f"{email} already has an account ({state}); nothing changed. To make it an "
+            "active administrator with a new password, an operator runs: "
+            f"python -m app.cli create-admin --email {email} --promote --reset-password"
+        )
+
+    async def promote(self, email: str, password: str) -> str:
+        """Make `email` an active administrator whose password is `password`, creating the
+        account if there is none. An existing account's sessions are all revoked, so
+        nobody stays signed in with the password it had before."""
+        hashed_password = await self.hasher.hash(password)
         async with self.uow.transaction():
-            await self.users.save(user)
-        return f"Promoted {email} to administrator (password unchanged)"
+            found = await self.users.load_by_email(email)
+            user = None if found is None else await self.users.load(found.id, for_update=True)
+            if user is not None:
+                user.role = ADMIN_ROLE
+                user.is_active = True
+                user.hashed_password = hashed_password
+                user.email_verified = True
+                user.updated_at = now = utcnow()
+                await self.users.save(user)
+                await self.sessions.revoke_all(user.id, now)
+                return f"Promoted {email} to active administrator with the new password"
+        if await self._insert(email, hashed_password) is None:
+            return f"Created administrator {email}"
+        return await self.promote(email, password)  # created meanwhile: promote that one
+
+    async def _insert(self, email: str, hashed_password: str) -> User | None:
+        """Insert the administrator; if another process (a replica starting at the same
+        time) inserted the email first, return that account instead."""
+        try:
+            async with self.uow.transaction():
+                # The operator who runs create-admin vouches for the address.
+                await self.users.save(
+                    User(
+                        email=email,
+                        hashed_password=hashed_password,
+                        role=ADMIN_ROLE,
+                        email_verified=True,
+                    )
+                )
+        except DuplicateKeyError:
+            async with self.uow.transaction():
+                existing = await self.users.load_by_email(email)
+            if existing is None:  # inserted and deleted again in that instant
+                raise
+            return existing
+        return None
