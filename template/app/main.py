@@ -16,7 +16,7 @@ from starlette.routing import Match
 
 from app.api.router import api_router
 from app.api.routes import health
-from app.core import project
+from app.core import project, tracing
 from app.core.client import ClientAddresses
 from app.core.config import Settings, load_settings
 from app.core.db import Database
@@ -32,7 +32,7 @@ from app.core.middleware import (
     busy_response,
 )
 from app.core.security import HashingBusy, PasswordHasher, TokenService
-from app.runtime import admission
+from app.runtime import admission, metrics
 from app.runtime.garbage import tune_garbage_collection
 from app.runtime.threads import lower_thread_priority
 from app.services import errors
@@ -86,7 +86,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(api_router)
     _add_error_handlers(app)
 
-    # Added last runs first. From the outside in: the request log sees every response;
+    # Added last runs first. From the outside in: the request metrics and the request log
+    # see every response;
     # security and CORS headers go on every response, 503, 413 and 500 included; requests
     # beyond what the connection pool can serve wait at the door.
     app.add_middleware(UnhandledErrorMiddleware)
@@ -105,6 +106,8 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.add_middleware(SecurityHeadersMiddleware, hsts=settings.is_production)
     app.add_middleware(RequestLogMiddleware)
+    metrics.install(app, settings)
+    tracing.install(app, settings)
     return app
 
 

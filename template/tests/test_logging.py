@@ -1,15 +1,18 @@
 """Each request is logged once with its id; production logs are JSON lines."""
 
+import io
 import json
 import logging
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-from httpx import AsyncClient
+from httpx import ASGITransport, AsyncClient
 
-from app.core.logging import configure_logging
-from tests.conftest import make_settings
+from app.core.logging import JsonFormatter, configure_logging
+from app.main import create_app
+from tests.conftest import SignedIn, make_settings
 
 ACCESS_LOGGER = "app.access"
 
@@ -123,3 +126,85 @@ def test_local_logs_are_readable_text(test_database_url: str) -> None:
     assert "GET /health 200" in line
     with pytest.raises(json.JSONDecodeError):
         json.loads(line)
+
+
+async def test_the_access_line_names_the_route_and_the_caller_never_the_token(
+    client: AsyncClient, user: SignedIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    response = await client.get("/api/v1/users/me", headers=user.headers)
+
+    [record] = access_records(caplog)
+    assert response.status_code == 200
+    assert record.__dict__["route"] == "/api/v1/users/me"
+    assert record.__dict__["user_id"] == user.id
+    line = JsonFormatter().format(record)
+    assert json.loads(line)["user_id"] == user.id
+    token = user.headers["Authorization"].removeprefix("Bearer ")
+    assert token not in line
+    assert user.email not in line
+
+
+async def test_an_unmatched_path_has_no_route_and_an_anonymous_caller_no_user(
+    client: AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=ACCESS_LOGGER)
+
+    await client.get("/no/such/path")
+
+    [record] = access_records(caplog)
+    assert (record.__dict__["route"], record.__dict__["user_id"]) == (None, None)
+
+
+async def test_every_line_logged_while_answering_carries_the_request_id(
+    test_database_url: str,
+) -> None:
+    settings = make_settings(
+        test_database_url,
+        environment="production",
+        jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
+        cors_origins=["https://app.example.com"],
+        email_delivery="log",
+        log_level="INFO",
+    )
+    stream = io.StringIO()
+    example = logging.getLogger("app.example")
+    with root_logger_restored() as root:
+        app = create_app(settings)
+        [handler] = root.handlers
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(stream)
+
+        @app.get("/logs-a-line")
+        async def logs_a_line() -> dict[str, str]:
+            example.warning("inside the request")
+            return {}
+
+        try:
+            transport = ASGITransport(app=app)
+            async with AsyncClient(transport=transport, base_url="http://test") as http:
+                await http.get("/logs-a-line", headers={"X-Request-ID": "req-7"})
+            example.warning("outside any request")
+        finally:
+            await app.state.database.dispose()
+
+    lines = {entry["message"]: entry for entry in map(json.loads, stream.getvalue().splitlines())}
+    assert lines["inside the request"]["request_id"] == "req-7"
+    [access] = [entry for entry in lines.values() if entry["logger"] == ACCESS_LOGGER]
+    assert access["request_id"] == "req-7"
+    assert "request_id" not in lines["outside any request"]
+
+
+def test_json_lines_carry_the_traceback_of_an_exception() -> None:
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.getLogger("app.example").makeRecord(
+            "app.example", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+
+    entry = json.loads(JsonFormatter().format(record))
+
+    assert entry["message"] == "failed"
+    assert "ValueError: boom" in entry["exc_info"]

@@ -91,6 +91,14 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    # Prometheus metrics of every worker, served on a port of their own (0: not served).
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"  # noqa: S104  # scraped from outside the container
+    # Traces, named as OpenTelemetry names them; off unless an exporter or endpoint is set.
+    otel_traces_exporter: Literal["otlp", "console", "none"] | None = None
+    otel_exporter_otlp_endpoint: str | None = None
+    otel_service_name: str | None = None
+
     first_admin_email: str | None = None
     first_admin_password: SecretStr | None = None
 
@@ -150,12 +158,15 @@ class Settings(BaseSettings):
         "smtp_host",
         "smtp_username",
         "smtp_password",
+        "otel_traces_exporter",
+        "otel_exporter_otlp_endpoint",
+        "otel_service_name",
         mode="before",
     )
     @classmethod
     def _empty_is_default(cls, value: Any) -> Any:
         # `HASHING_QUEUE_LIMIT=` (as in .env.example) means: derive it from the cost;
-        # `SMTP_HOST=`: no mail server.
+        # `SMTP_HOST=`: no mail server; `OTEL_TRACES_EXPORTER=`: as if it were not set.
         return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("email_from")
@@ -240,6 +251,14 @@ class Settings(BaseSettings):
     @property
     def is_production(self) -> bool:
         return self.environment == "production"
+
+    @property
+    def traces_exporter(self) -> str | None:
+        """Where spans go: `console`, `otlp`, or None when tracing is off. An endpoint
+        alone means OTLP, as in OpenTelemetry's own configuration."""
+        if self.otel_traces_exporter is not None:
+            return None if self.otel_traces_exporter == "none" else self.otel_traces_exporter
+        return "otlp" if self.otel_exporter_otlp_endpoint else None
 
 
 @lru_cache

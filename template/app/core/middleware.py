@@ -9,10 +9,14 @@ import logging
 import re
 import time
 import uuid
+from typing import Any
 
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.core.logging import request_id as current_request_id
 
 logger = logging.getLogger("app.access")
 # What a 503 tells the client to wait before trying again.
@@ -24,7 +28,8 @@ _REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
 class RequestLogMiddleware:
-    """Gives each request an id (the caller's X-Request-ID or a new one) and logs it once."""
+    """Gives each request an id (the caller's X-Request-ID or a new one), which every line
+    logged while answering it carries, and logs the request once."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,7 +39,9 @@ class RequestLogMiddleware:
             await self.app(scope, receive, send)
             return
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        context = current_request_id.set(request_id)
         started = time.perf_counter()
         status_code = 500
 
@@ -48,21 +55,52 @@ class RequestLogMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            duration_ms = round((time.perf_counter() - started) * 1000, 2)
-            logger.info(
-                "%s %s %s %.2fms",
-                scope["method"],
-                scope["path"],
-                status_code,
-                duration_ms,
-                extra={
-                    "request_id": request_id,
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status_code,
-                    "duration_ms": duration_ms,
-                },
-            )
+            current_request_id.reset(context)
+            if logger.isEnabledFor(logging.INFO):
+                duration_ms = round((time.perf_counter() - started) * 1000, 2)
+                user_id = state.get("user_id")
+                logger.info(
+                    "%s %s %s %.2fms",
+                    scope["method"],
+                    scope["path"],
+                    status_code,
+                    duration_ms,
+                    extra={
+                        "request_id": request_id,
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        # The template (`/api/v1/items/{item_id}`); None for no route.
+                        "route": route_template(scope),
+                        "status": status_code,
+                        "duration_ms": duration_ms,
+                        # Set by get_current_user (app/api/deps.py) for a signed-in caller.
+                        "user_id": None if user_id is None else str(user_id),
+                    },
+                )
+
+
+# Endpoint function -> the template of its route's path, learnt from the application.
+_route_templates: dict[Any, str] = {}
+
+
+def route_template(scope: Scope) -> str | None:
+    """The template of the path of the route that answered (`/api/v1/users/{user_id}`),
+    or None when no route matched. Read after the application has answered."""
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return None
+    template = _route_templates.get(endpoint)
+    if template is None:
+        # Included routers keep their routes' paths relative to their prefix: the
+        # application's route contexts hold the full ones.
+        for route in iter_route_contexts(scope["app"].routes):
+            if route.endpoint is not None and route.path_format is not None:
+                _route_templates.setdefault(route.endpoint, route.path_format)
+        # Never the path itself: that would make a series per id.
+        template = _route_templates.setdefault(
+            endpoint, getattr(scope.get("route"), "path_format", "")
+        )
+    return template or None
 
 
 def busy_response() -> JSONResponse:

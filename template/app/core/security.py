@@ -68,6 +68,10 @@ def default_queue_limit(rounds: int, cores: int) -> int:
     return max(2 * cores, math.ceil(HASHING_QUEUE_SECONDS * cores / seconds_per_hash))
 
 
+def _ignore(pending: int) -> None:
+    pass
+
+
 class HashingBusy(Exception):
     """More password checks are waiting than the hashing queue admits."""
 
@@ -81,6 +85,7 @@ class PasswordHasher:
 
     `waiting` wraps each wait for a hash: admission control (app/runtime/admission.py)
     sets it to give the request's place back meanwhile; the hasher knows nothing of HTTP.
+    `pending_changed(pending)` is told each change of the count (app/runtime/metrics.py).
     `thread_initializer` runs in each hashing thread as it starts.
     """
 
@@ -101,6 +106,7 @@ class PasswordHasher:
         self.queue_limit = queue_limit or default_queue_limit(rounds, cores)
         self._pending = 0
         self.waiting: Callable[[], AbstractAsyncContextManager[None]] = contextlib.nullcontext
+        self.pending_changed: Callable[[int], None] = _ignore
 
     def check_capacity(self) -> None:
         """Raise HashingBusy now if a hash asked for now would be refused."""
@@ -110,12 +116,14 @@ class PasswordHasher:
     async def _run(self, function: Callable[..., T], *args: Any) -> T:
         self.check_capacity()
         self._pending += 1
+        self.pending_changed(self._pending)
         try:
             async with self.waiting():
                 loop = asyncio.get_running_loop()
                 return await loop.run_in_executor(self._executor, function, *args)
         finally:
             self._pending -= 1
+            self.pending_changed(self._pending)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

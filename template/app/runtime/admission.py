@@ -14,9 +14,11 @@ Retry-After, as one that waits too long for a connection does.
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from dataclasses import dataclass
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -29,11 +31,13 @@ from app.core.middleware import BUSY_DETAIL, RETRY_AFTER_SECONDS, busy_response,
 def install(app: FastAPI, settings: Settings) -> None:
     """Admit at most as many requests as the pool can serve, and have password checks
     give their place back while they wait (PasswordHasher.waiting)."""
+    app.state.admission_events = AdmissionEvents()
     app.add_middleware(
         AdmissionMiddleware,
         limit=settings.db_pool_size + settings.db_max_overflow,
         timeout_seconds=settings.db_pool_timeout_seconds,
         refusal_pause_seconds=settings.refusal_pause_seconds,
+        events=app.state.admission_events,
     )
     app.state.password_hasher.waiting = stepped_out
 
@@ -41,6 +45,22 @@ def install(app: FastAPI, settings: Settings) -> None:
         return busy_response()
 
     app.add_exception_handler(ServiceBusy, service_busy)
+
+
+def _ignore(*args: object) -> None:
+    pass
+
+
+@dataclass(slots=True)
+class AdmissionEvents:
+    """What the door reports, for monitoring (app/runtime/metrics.py sets these).
+
+    `queue_changed(waiting)`: the number of requests waiting changed. `waited(seconds,
+    admitted)`: a request that found the door full was let in, or refused, after waiting.
+    """
+
+    queue_changed: Callable[[int], None] = _ignore
+    waited: Callable[[float, bool], None] = _ignore
 
 
 # Answers that tell a client to come back later.
@@ -120,6 +140,7 @@ class AdmissionMiddleware:
         timeout_seconds: float,
         refusal_pause_seconds: float = 0.0,
         exempt_prefixes: tuple[str, ...] = ("/health",),
+        events: AdmissionEvents | None = None,
     ) -> None:
         self.app = app
         self.limit = limit
@@ -129,6 +150,7 @@ class AdmissionMiddleware:
         self._slots = asyncio.Semaphore(limit)  # first come, first served
         self.waiting = 0  # requests waiting at the door now: the queue to monitor
         self._busy_body = json.dumps({"detail": BUSY_DETAIL}).encode()
+        self.events = events or AdmissionEvents()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.exempt_prefixes):
@@ -158,14 +180,20 @@ class AdmissionMiddleware:
             await self._slots.acquire()  # free: returns without waiting
             return True
         self.waiting += 1
+        self.events.queue_changed(self.waiting)
+        started = time.perf_counter()
+        admitted = False
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 await self._slots.acquire()
+            admitted = True
             return True
         except TimeoutError:
             return False
         finally:
             self.waiting -= 1
+            self.events.queue_changed(self.waiting)
+            self.events.waited(time.perf_counter() - started, admitted)
 
     async def _busy(self, send: Send) -> None:
         retry_after = (b"retry-after", str(RETRY_AFTER_SECONDS).encode())

@@ -2,6 +2,8 @@
 
 from datetime import timedelta
 
+from prometheus_client import Counter
+
 from app.core.config import Settings
 from app.core.db import UnitOfWork
 from app.core.roles import DEFAULT_ROLE
@@ -37,6 +39,19 @@ REGISTER_FROM_ADDRESS = "register-address"
 
 ACCOUNT_WINDOW = timedelta(hours=1)
 REGISTRATION_WINDOW = timedelta(hours=1)
+
+# For monitoring (app/runtime/metrics.py serves them).
+LOGINS = Counter(
+    "login_attempts",
+    "Logins by outcome: success, failure (wrong email or password), locked (429) or "
+    "unverified (the right password, an email not yet verified)",
+    ["outcome"],
+)
+LOCKOUTS = Counter(
+    "login_lockouts",
+    "Failed logins that filled a limit and so locked it, by the limit's scope",
+    ["limit"],
+)
 
 
 class AuthService:
@@ -121,11 +136,13 @@ class AuthService:
         limits = self._login_limits(email, client.address)
         remembered = self.refusals.retry_after([limit.key for limit in limits])
         if remembered is not None:
+            LOGINS.labels("locked").inc()
             raise TooManyAttempts(remembered)
         async with self.uow.transaction():
             refusal = await self.limiter.count(limits, utcnow())
             if refusal is not None:
                 self.refusals.remember(refusal)
+                LOGINS.labels("locked").inc()
                 raise TooManyAttempts(refusal.retry_after)  # rolls back: not counted
             user = await self.users.load_by_email(email)
         # Hashing takes hundreds of milliseconds: it runs outside any transaction, with no
@@ -146,6 +163,14 @@ class AuthService:
         if user is None or not valid or not user.is_active:
             async with self.uow.transaction():
                 await self.limiter.settle(limits, failed=True)
+                counts = await self.limiter.counters.get_many([limit.key for limit in limits])
+            for limit in limits:
+                # Settled failures reach the limit once per lock: the attempts it refuses
+                # are not counted.
+                count = counts.get(limit.key)
+                if count is not None and count.attempts - count.in_flight == limit.max_attempts:
+                    LOCKOUTS.labels(limit.key.scope).inc()
+            LOGINS.labels("failure").inc()
             raise InvalidCredentials()
 
         verified = user.email_verified or not self.settings.require_verified_email
@@ -160,8 +185,11 @@ class AuthService:
                 # that the password is known.
                 user.hashed_password = new_hash
                 await self.users.save(user)
-            if verified:
-                return await self.sessions.start(user.id, user.role, client)
+            pair = await self.sessions.start(user.id, user.role, client) if verified else None
+        if pair is not None:
+            LOGINS.labels("success").inc()
+            return pair
+        LOGINS.labels("unverified").inc()
         self.mail.verification(user.id)
         raise EmailNotVerified()
 
