@@ -32,7 +32,11 @@ HEALTH_REQUESTS = 300
 USER_REQUESTS = 40
 FAILED_LOGINS = 5  # LOGIN_MAX_FAILURES
 # The options every production command gives uvicorn, as the image's CMD does.
-PRODUCTION_OPTIONS = ("--no-proxy-headers", "--no-access-log", "--loop app.runtime.loop:new_event_loop")
+PRODUCTION_OPTIONS = (
+    "--no-proxy-headers",
+    "--no-access-log",
+    "--loop app.runtime.loop:new_event_loop",
+)
 # Upper bounds of the service's latency buckets (app/runtime/metrics.py).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
@@ -171,7 +175,9 @@ def test_prometheus_scrapes_two_workers_and_counts_the_traffic_sent(
         # Any worker may answer a scrape; every answer covers both.
         for _ in range(6):
             text = request(f"http://127.0.0.1:{metrics_port}/metrics").decode()
-            health = re.search(r'^http_requests_total\{[^}]*route="/health"[^}]*\} (\S+)$', text, re.M)
+            health = re.search(
+                r'^http_requests_total\{[^}]*route="/health"[^}]*\} (\S+)$', text, re.M
+            )
             assert health, text[:3000]
             assert float(health.group(1)) == HEALTH_REQUESTS
 
