@@ -105,6 +105,8 @@ def service_environment(project: Project, database_url: str, **extra: str) -> di
         "PATH": f"{project.path / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}",
         "DATABASE_URL": database_url,
         "ENVIRONMENT": "production",
+        # No mail server here: emails go to the log, as production allows when told so.
+        "EMAIL_DELIVERY": "log",
         "JWT_SECRET": "scale-" + "k" * 48,
         "CORS_ORIGINS": "https://app.example.com",
         "BCRYPT_ROUNDS": "4",
