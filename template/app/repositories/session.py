@@ -140,9 +140,6 @@ class SessionRepository:
         """Insert a new session with its first refresh token."""
         self.uow.session.add(session)
         await self.uow.session.flush()  # the session's row first: the token refers to it
-        await self.add_token(token)
-
-    async def add_token(self, token: RefreshToken) -> None:
         self.uow.session.add(token)
         await self.uow.session.flush()
 

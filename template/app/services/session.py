@@ -76,7 +76,8 @@ class SessionService:
             user_agent=client.user_agent,
             client_address=client.address,
         )
-        refresh, token = self._refresh_token(session.id, session.expires_at, now)
+        refresh = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
+        token = self._token_row(refresh, session.id, session.expires_at, now)
         # The new row first, then the user's closed and oldest sessions go: the insert's
         # lock on the user's row comes before any lock on sessions, in the order an
         # administrator's change of the user takes them.
@@ -150,12 +151,6 @@ class SessionService:
         """Delete closed sessions and expired refresh tokens: (sessions, tokens)."""
         async with self.uow.transaction():
             return await self.sessions.prune(utcnow())
-
-    def _refresh_token(
-        self, session_id: uuid.UUID, session_expires_at: datetime, now: datetime
-    ) -> tuple[str, RefreshToken]:
-        refresh = secrets.token_urlsafe(REFRESH_TOKEN_BYTES)
-        return refresh, self._token_row(refresh, session_id, session_expires_at, now)
 
     def _token_row(
         self, refresh: str, session_id: uuid.UUID, session_expires_at: datetime, now: datetime
