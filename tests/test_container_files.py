@@ -753,3 +753,79 @@ def test_image_commands_build_and_start_the_service_on_sqlite(tmp_path: Path) ->
     assert "Application shutdown complete" in log.read_text()
     # `exec` keeps the shell's process id: the signal went to uvicorn, not to a shell.
     assert f"Finished server process [{server.pid}]" in log.read_text()
+
+
+# The options every production start of the service passes to uvicorn (the Dockerfile's
+# CMD, the Kubernetes Deployment, the commands in the rendered README and operations page).
+PRODUCTION_SERVER_OPTIONS = {
+    "--no-proxy-headers": None,
+    "--no-access-log": None,
+    "--loop": "app.runtime.loop:new_event_loop",
+    "--timeout-graceful-shutdown": "25",
+}
+# Options a start may vary: where it listens and how many processes it runs.
+_PLACE_OPTIONS = {"--host", "--port", "--workers"}
+
+
+def uvicorn_options(command: str) -> dict[str, str | None]:
+    """The options of the `uvicorn app.main:app ...` in `command`, as {option: value}."""
+    words = command.replace("\\\n", " ").replace("=", " ").split()
+    words = words[words.index("app.main:app") + 1 :]
+    options: dict[str, str | None] = {}
+    for index, word in enumerate(words):
+        if word.startswith("--"):
+            following = words[index + 1] if index + 1 < len(words) else None
+            has_value = following is not None and not following.startswith("--")
+            options[word] = following if has_value else None
+    return {key: value for key, value in options.items() if key not in _PLACE_OPTIONS}
+
+
+def production_commands(project: Path) -> dict[str, str]:
+    """Every documented way to start the service in production, by where it is written."""
+    commands: dict[str, str] = {}
+    for name in ("README.md", "docs/operations.md"):
+        text = (project / name).read_text()
+        blocks = re.findall(r"```bash\n(.*?)```", text, re.DOTALL)
+        found = [
+            line
+            for block in blocks
+            for line in block.replace("\\\n", " ").splitlines()
+            if "uvicorn app.main:app" in line
+        ]
+        assert found, f"{name} documents no command that starts the service"
+        for number, line in enumerate(found):
+            commands[f"{name} #{number + 1}"] = line.split("#")[0]
+    cmd = next(c for c in dockerfile.parse_string((project / "Dockerfile").read_text())[::-1]
+               if c.cmd.upper() == "CMD")  # fmt: skip
+    commands["Dockerfile CMD"] = " ".join(cmd.value)
+    for document in yaml.safe_load_all(
+        (project / "deploy" / "kubernetes" / "base" / "deployment.yaml").read_text()
+    ):
+        for container in document["spec"]["template"]["spec"]["containers"]:
+            commands[f"Kubernetes {container['name']}"] = " ".join(container["command"])
+    return commands
+
+
+@pytest.mark.parametrize("database", DATABASES)
+def test_every_production_start_uses_the_same_server_settings(
+    rendered: dict[str, Path], database: str
+) -> None:
+    commands = production_commands(rendered[database])
+    assert {"Dockerfile CMD", "Kubernetes api", "README.md #1", "docs/operations.md #1"} <= set(
+        commands
+    )
+    different = {
+        where: options
+        for where, command in commands.items()
+        if (options := uvicorn_options(command)) != PRODUCTION_SERVER_OPTIONS
+    }
+    assert different == {}, f"expected {PRODUCTION_SERVER_OPTIONS}"
+
+
+def test_server_settings_check_rejects_uvicorns_defaults() -> None:
+    # The plain command picks uvloop and uvicorn's own access log.
+    assert uvicorn_options("uv run uvicorn app.main:app --port 8003") != PRODUCTION_SERVER_OPTIONS
+    assert uvicorn_options(
+        "uvicorn app.main:app --host=0.0.0.0 --workers 2 --no-proxy-headers --no-access-log"
+        " --loop=app.runtime.loop:new_event_loop --timeout-graceful-shutdown=25"
+    ) == PRODUCTION_SERVER_OPTIONS

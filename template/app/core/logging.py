@@ -73,6 +73,10 @@ def configure_logging(settings: Settings) -> None:
     # No line shows where it was logged from, so logging need not look it up (a walk up
     # the stack on every call; see "Optimization" in the logging HOWTO).
     logging._srcfile = None
+    # Nor the thread and process names and the process id, which no line shows either.
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
     formatter: dict[str, Any] = (
         {"()": JsonFormatter} if settings.is_production else {"format": TEXT_FORMAT}
     )
