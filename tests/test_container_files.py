@@ -825,7 +825,10 @@ def test_every_production_start_uses_the_same_server_settings(
 def test_server_settings_check_rejects_uvicorns_defaults() -> None:
     # The plain command picks uvloop and uvicorn's own access log.
     assert uvicorn_options("uv run uvicorn app.main:app --port 8003") != PRODUCTION_SERVER_OPTIONS
-    assert uvicorn_options(
-        "uvicorn app.main:app --host=0.0.0.0 --workers 2 --no-proxy-headers --no-access-log"
-        " --loop=app.runtime.loop:new_event_loop --timeout-graceful-shutdown=25"
-    ) == PRODUCTION_SERVER_OPTIONS
+    assert (
+        uvicorn_options(
+            "uvicorn app.main:app --host=0.0.0.0 --workers 2 --no-proxy-headers --no-access-log"
+            " --loop=app.runtime.loop:new_event_loop --timeout-graceful-shutdown=25"
+        )
+        == PRODUCTION_SERVER_OPTIONS
+    )
