@@ -10,8 +10,9 @@ from app.schemas.common import error
 from app.schemas.user import SessionPublic
 from app.services.session import SessionService
 
+# Included by the users router (app/api/routes/users.py), under /users.
 router = APIRouter(
-    prefix="/users/me/sessions",
+    prefix="/me/sessions",
     tags=["sessions"],
     responses={401: error("Missing, invalid or expired token")},
 )

@@ -5,6 +5,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
+from app.api.routes import sessions
 from app.api.deps import AccountMailDep, CurrentUser, HasherDep, RequireAdmin, UnitOfWorkDep
 from app.schemas.common import Page, PageParams, Responses, error
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserPublic, UserSelfUpdate
@@ -107,3 +108,7 @@ async def update_user(
 async def delete_user(user_id: uuid.UUID, service: UserServiceDep) -> Response:
     await service.delete(user_id)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+# The current user's sessions: /users/me/sessions.
+router.include_router(sessions.router)
