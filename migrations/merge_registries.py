@@ -288,8 +288,9 @@ def resolve_python(text: str) -> tuple[str, list[str]] | None:
     parts = segments(text)
     if parts is None:
         return None
-    registry = PythonRegistry("".join(part[1] if isinstance(part, tuple) else "".join(part)
-                                      for part in parts))  # fmt: skip
+    registry = PythonRegistry(
+        "".join("".join(part[1]) if isinstance(part, tuple) else "".join(part) for part in parts)
+    )
     kept: list[str] = []
     try:
         theirs_dump = {ast.dump(node) for node in registry.tree.body}
@@ -362,7 +363,11 @@ def main() -> int:
         text = file.read_text(encoding="utf-8")
         if OURS not in text:
             continue
-        resolved = resolve(text)
+        try:
+            resolved = resolve(text)
+        except Exception as exc:  # never break the update: leave the conflict
+            print(f"merge_registries: {path}: {exc!r}")
+            resolved = None
         if resolved is None:
             print(f"merge_registries: {path}: left the conflict to you")
             continue

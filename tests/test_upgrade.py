@@ -100,6 +100,12 @@ README_SECTION = (
     "## On call\n\n"
     "The finance team runs this service; page #ledger-oncall before touching production.\n\n"
 )
+DOWNGRADE_NOTES = (
+    "def downgrade() -> None:\n"
+    "    # Dropping the table drops its indexes; MySQL refuses to drop the foreign key's index"
+    " alone.\n"
+    '    op.drop_table("notes")\n'
+)
 BODY_LIMIT = "max_body_bytes: int = Field(default=5_242_880, ge=1024)"
 EXTRA_DEPENDENCY = "tenacity>=9,<10"
 
@@ -297,6 +303,13 @@ def team_edits(project: Path, env: dict[str, str]) -> str:
     )
     run("uv run alembic revision --autogenerate -m 'add notes'", project, env)
     [migration] = [path for path in (project / "alembic/versions").glob("*_add_notes.py")]
+    # As the how-to says: MySQL refuses to drop the foreign key's index alone.
+    edit(
+        migration,
+        lambda text: re.sub(
+            r"def downgrade\(\) -> None:.*", DOWNGRADE_NOTES, text, flags=re.DOTALL
+        ),
+    )
     run("uv run alembic upgrade head", project, env)
     edit(
         project / "app/core/config.py",

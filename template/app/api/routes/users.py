@@ -5,8 +5,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response, status
 
-from app.api.routes import sessions
 from app.api.deps import AccountMailDep, CurrentUser, HasherDep, RequireAdmin, UnitOfWorkDep
+from app.api.routes import sessions
 from app.schemas.common import Page, PageParams, Responses, error
 from app.schemas.user import PasswordChange, UserAdminUpdate, UserPublic, UserSelfUpdate
 from app.services.user import UserService
