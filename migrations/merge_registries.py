@@ -119,10 +119,9 @@ def merge_requirements(ours: list[str], theirs: list[str], shipped: set[str]) ->
     carried = [
         line
         for line in ours
-        if (name := requirement_name(line)) is not None
-        and name not in shipped
-        and name not in theirs_names
-    ] + [line for line in ours if line.strip().startswith("#") and line.strip() not in theirs_lines]
+        if ((name := requirement_name(line)) is not None and name not in shipped | theirs_names)
+        or (line.strip().startswith("#") and line.strip() not in theirs_lines)
+    ]
     if not carried:
         return list(theirs)
     merged = list(theirs)
