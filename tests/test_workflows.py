@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -222,6 +223,51 @@ def test_pre_commit_config_is_valid(rendered: dict[str, Path]) -> None:
     assert {"ruff-check", "ruff-format", "mypy", "check-merge-conflict"} <= set(hooks)
     assert "--fix" in hooks["ruff-check"]["args"]
     assert hooks["mypy"]["entry"].startswith("uv run mypy")
+    # copier update leaves its markers outside of a git merge, where the hook looks only
+    # when told to.
+    assert hooks["check-merge-conflict"]["args"] == ["--assume-in-merge"]
+
+
+CONFLICTED = (
+    "# Demo Service\n"
+    "<<<<<<< before updating\n"
+    "The team's line.\n"
+    "=======\n"
+    "The template's line.\n"
+    ">>>>>>> after updating\n"
+)
+
+
+def test_check_merge_conflict_with_the_rendered_args_refuses_markers_outside_a_merge(
+    rendered: dict[str, Path], tmp_path: Path
+) -> None:
+    """The hook itself (pre-commit-hooks, the rev the config pins), in a repository that is not
+    merging, as after copier update."""
+    config = yaml.safe_load((rendered["sqlite"] / ".pre-commit-config.yaml").read_text())
+    [repo] = [r for r in config["repos"] if r["repo"].endswith("/pre-commit-hooks")]
+    [hook] = [h for h in repo["hooks"] if h["id"] == "check-merge-conflict"]
+    installed = version("pre-commit-hooks")
+    assert repo["rev"] == f"v{installed}", "test with the pre-commit-hooks the config pins"
+    executable = shutil.which(
+        "check-merge-conflict", path=str(Path(sys.executable).parent)
+    ) or pytest.fail("pre-commit-hooks is not installed; run `uv sync` (dev group)")
+    subprocess.run(["git", "init", "--quiet"], cwd=tmp_path, check=True)
+    (tmp_path / "README.md").write_text(CONFLICTED)
+    (tmp_path / "clean.md").write_text("# Demo Service\n\nThe line as the team resolved it.\n")
+
+    def hook_run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [executable, *args], cwd=tmp_path, capture_output=True, text=True, check=False
+        )
+
+    refused = hook_run(*hook["args"], "README.md")
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "README.md:2: Merge conflict string '<<<<<<<' found" in refused.stdout
+    assert "README.md:6: Merge conflict string '>>>>>>>' found" in refused.stdout
+    passed = hook_run(*hook["args"], "clean.md")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    # Without the argument the hook waves the markers through: there is no merge going on.
+    assert hook_run("README.md").returncode == 0
 
 
 def test_pre_commit_validation_rejects_a_hook_without_rev(tmp_path: Path) -> None:
