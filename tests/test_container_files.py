@@ -3,8 +3,9 @@
 The Dockerfile is parsed with BuildKit's own parser (the `dockerfile` package) and linted
 with hadolint; compose.yaml is validated against the Compose Specification schema that
 check-jsonschema vendors; scripts/prestart is linted with shellcheck and run against stub
-commands, and once for real on SQLite. Each checker is also fed a broken file, so a
-checker that stopped working would fail here instead of passing everything.
+commands, and once for real on SQLite; scripts/template-update is linted with shellcheck too.
+Each checker is also fed a broken file, so a checker that stopped working would fail here
+instead of passing everything.
 """
 
 import contextlib
@@ -446,11 +447,12 @@ def test_container_files_mention_only_the_chosen_database(
 # --- scripts/prestart ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("name", ["prestart", "template-update"])
 @pytest.mark.parametrize("database", DATABASES)
-def test_prestart_is_executable_and_passes_shellcheck(
-    rendered: dict[str, Path], database: str
+def test_script_is_executable_and_passes_shellcheck(
+    rendered: dict[str, Path], database: str, name: str
 ) -> None:
-    script = rendered[database] / "scripts" / "prestart"
+    script = rendered[database] / "scripts" / name
     assert script.stat().st_mode & stat.S_IXUSR, "Copier must keep the executable bit"
     result = subprocess.run(
         [require_tool("shellcheck"), "--severity=style", str(script)],
