@@ -17,6 +17,7 @@ and leaves the update as it is.
 Usage (from the project's root): python merge_alembic_heads.py
 """
 
+import os
 import re
 import shutil
 import subprocess
@@ -67,7 +68,10 @@ def main() -> int:
         print(f"merge_alembic_heads: `alembic merge heads` failed:\n{merged.stderr.strip()}")
         print(BY_HAND)
         return 0
-    written = re.findall(r"Generating (\S+\.py)", merged.stdout + merged.stderr)
+    written = [
+        os.path.relpath(path)
+        for path in re.findall(r"Generating (\S+\.py)", merged.stdout + merged.stderr)
+    ]
     print(
         f"merge_alembic_heads: Alembic had {len(found)} heads ({', '.join(found)}); "
         f"joined them in {', '.join(written) or 'a merge revision'}. Commit it with the update."
