@@ -16,7 +16,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -33,7 +32,7 @@ import jsonschema
 import pytest
 import yaml
 
-from tests.support import render
+from tests.support import free_port, render
 
 DATABASES = ["postgresql", "mysql", "sqlite"]
 # Not the default, so a value hard-coded in the template cannot pass for the answer.
@@ -604,12 +603,6 @@ def test_prestart_migrates_and_seeds_the_admin_on_sqlite_for_real(
 # --- the image's own commands, run outside a container ------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 def _env_instructions(stage: list[dockerfile.Command]) -> dict[str, str]:
     values: dict[str, str] = {}
     for command in stage:
@@ -660,7 +653,7 @@ def test_image_commands_build_and_start_the_service_on_sqlite(tmp_path: Path) ->
     uvicorn. The non-root user, the base image and BuildKit features are not exercised.
     """
     uv = require_tool("uv")
-    port = _free_port()
+    port = free_port()
     project = tmp_path / "project"
     render(project, database="sqlite", port=port)
     base_env = {k: v for k, v in os.environ.items() if k != "VIRTUAL_ENV"}

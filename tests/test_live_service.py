@@ -4,7 +4,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,7 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.support import TIMINGS, Project, project_env, run
+from tests.support import TIMINGS, Project, run, serve
 
 PASSWORD = "fuzzing password 1"
 # JSON Schema cannot say "at most 72 UTF-8 bytes", "no NUL characters" or which domains
@@ -21,12 +20,6 @@ PASSWORD = "fuzzing password 1"
 # that insists they be accepted. The rendered tests cover those rules one by one.
 EXCLUDED_CHECKS = "positive_data_acceptance"
 MAX_EXAMPLES = 25
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> bytes:
@@ -37,35 +30,8 @@ def request(url: str, data: bytes | None = None, headers: dict[str, str] | None 
 
 @contextmanager
 def served(project: Project, env: dict[str, str]) -> Iterator[str]:
-    port = free_port()
-    log = (project.path / "uvicorn.log").open("w")
-    command = ["uv", "run", "uvicorn", "app.main:app", "--port", str(port)]
-    command += ["--no-access-log", "--no-proxy-headers"]
-    process = subprocess.Popen(
-        command,
-        cwd=project.path,
-        env={**project_env(), **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                request(f"{base}/health/ready")
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(
-                        "service did not start:\n" + (project.path / "uvicorn.log").read_text()
-                    ) from None
-                time.sleep(0.2)
+    with serve(project.path, env, project.path / "uvicorn.log") as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        log.close()
 
 
 def login(base: str, email: str) -> str:

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import VARIANTS, Project, project_env, render, run
-from tests.test_live_service import free_port, request
+from tests.support import VARIANTS, Project, free_port, project_env, render, run
+from tests.test_live_service import request
 
 POSTGRESQL = next(variant for variant in VARIANTS if variant.name == "postgresql")
 HEALTH_REQUESTS = 300

@@ -172,20 +172,14 @@ def test_routers_keep_the_teams_router_beside_the_templates(project: Path) -> No
     )
 
 
-def test_other_code_in_a_conflict_is_left_to_the_team(project: Path) -> None:
+@pytest.mark.parametrize(
+    "ours",
+    ["def helper() -> None:\n    pass\n", "from app.models.note import Note as Memo\n"],
+    ids=["code", "an import alias"],
+)
+def test_anything_else_in_a_conflict_is_left_to_the_team(project: Path, ours: str) -> None:
     text = conflict(
-        "from app.models.item import Item\n",
-        "def helper() -> None:\n    pass\n",
-        "from app.models.user import User\n",
-    )
-    assert registries.resolve_python(text) is None
-
-
-def test_an_import_alias_is_left_to_the_team(project: Path) -> None:
-    text = conflict(
-        "from app.models.item import Item\n",
-        "from app.models.note import Note as Memo\n",
-        "from app.models.user import User\n",
+        "from app.models.item import Item\n", ours, "from app.models.user import User\n"
     )
     assert registries.resolve_python(text) is None
 

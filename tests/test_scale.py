@@ -39,7 +39,15 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from benchkit.pooler import pgbouncer
 
-from tests.support import POSTGRES_URL, VARIANTS, DatabaseServer, Project, project_env, run
+from tests.support import (
+    POSTGRES_URL,
+    VARIANTS,
+    DatabaseServer,
+    Project,
+    free_port,
+    project_env,
+    run,
+)
 
 SCALE_VARIANTS = [variant for variant in VARIANTS if variant.name in ("postgresql", "mysql")]
 scale_variants = pytest.mark.parametrize(
@@ -62,12 +70,6 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"`{name}` is not installed; .ci/run installs it (apt-get install {name})")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager

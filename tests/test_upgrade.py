@@ -31,8 +31,7 @@ import copier
 import pytest
 import yaml
 
-from tests.support import REPO_ROOT, TIMINGS, DatabaseServer, project_env, run
-from tests.test_live_service import free_port
+from tests.support import REPO_ROOT, TIMINGS, DatabaseServer, project_env, run, serve
 from tests.test_update import IDENTITY, assert_no_conflicts, commit_all, edit, git
 
 FIRST_RELEASE = "0.1.0"
@@ -195,33 +194,10 @@ def token_of(base: str, email: str) -> str:
 
 @contextmanager
 def served(project: Path, env: dict[str, str]) -> Iterator[str]:
-    """The project's service on a free port, as its README starts it."""
-    port = free_port()
-    log_path = project.parent / f"{project.name}-{port}.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            ["uv", "run", "uvicorn", "app.main:app", "--port", str(port), "--no-proxy-headers"],
-            cwd=project,
-            env={**project_env(), **env, "METRICS_PORT": "0"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if call(base, "GET", "/health/ready")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the service did not start:\n{log_path.read_text()}")
-            time.sleep(0.2)
+    """The project's service on a free port; its log must hold no traceback."""
+    log_path = project.parent / f"{project.name}-{secrets.token_hex(4)}.log"
+    with serve(project, {**env, "METRICS_PORT": "0"}, log_path) as base:
         yield base
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
     log = log_path.read_text()
     assert "Traceback" not in log, log[-5000:]
 
