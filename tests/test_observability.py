@@ -13,7 +13,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -115,8 +114,13 @@ def test_prometheus_scrapes_two_workers_and_counts_the_traffic_sent(
     assert "SUCCESS: 5 rules found" in checked.stdout + checked.stderr
 
     port, metrics_port, prometheus_port = free_port(), free_port(), free_port()
+    # A temporary folder of its own, so that services other tests start meanwhile cannot put
+    # their metrics directories beside this one's.
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
     env = {
         **project_env(),
+        "TMPDIR": str(temporary),
         "DATABASE_URL": project.database_url,
         "ENVIRONMENT": "production",
         "EMAIL_DELIVERY": "log",
@@ -137,16 +141,12 @@ def test_prometheus_scrapes_two_workers_and_counts_the_traffic_sent(
         f"    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n"
     )
     prometheus = f"http://127.0.0.1:{prometheus_port}"
-    directories_before = set(Path(tempfile.gettempdir()).glob("variant-postgresql-metrics-*"))
 
     with process_group(server, project.path, env, tmp_path / "uvicorn.log"):
         base = f"http://127.0.0.1:{port}"
         wait_for(f"{base}/health/ready", tmp_path / "uvicorn.log")  # not counted as /health
         wait_for(f"http://127.0.0.1:{metrics_port}/metrics", tmp_path / "uvicorn.log")
-        [directory] = (
-            set(Path(tempfile.gettempdir()).glob("variant-postgresql-metrics-*"))
-            - directories_before
-        )
+        [directory] = temporary.glob("variant-postgresql-metrics-*")
 
         # Each request on a connection of its own, so the kernel spreads them over both
         # workers; the client's own timing bounds what the server may report.
