@@ -6,15 +6,41 @@ import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from httpx import ASGITransport, AsyncClient
 
-from app.core.logging import JsonFormatter, configure_logging
+from app.core.config import Settings
+from app.core.logging import JsonFormatter, JsonLineHandler, configure_logging
 from app.main import create_app
 from tests.conftest import SignedIn, make_settings
 
 ACCESS_LOGGER = "app.access"
+ACCESS_FIELDS = {
+    "time",
+    "level",
+    "logger",
+    "message",
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "user_id",
+}
+
+
+def production_settings(database_url: str) -> Settings:
+    return make_settings(
+        database_url,
+        environment="production",
+        jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
+        cors_origins=["https://app.example.com"],
+        email_delivery="log",
+        log_level="INFO",
+    )
 
 
 def access_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -79,13 +105,7 @@ async def test_failed_requests_are_logged_with_their_status(
 
 
 def test_production_logs_are_json_lines_with_the_request_id(test_database_url: str) -> None:
-    settings = make_settings(
-        test_database_url,
-        environment="production",
-        jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
-        cors_origins=["https://app.example.com"],
-        email_delivery="log",
-    )
+    settings = production_settings(test_database_url)
     with root_logger_restored() as root:
         configure_logging(settings)
         [handler] = root.handlers
@@ -160,14 +180,7 @@ async def test_an_unmatched_path_has_no_route_and_an_anonymous_caller_no_user(
 async def test_every_line_logged_while_answering_carries_the_request_id(
     test_database_url: str,
 ) -> None:
-    settings = make_settings(
-        test_database_url,
-        environment="production",
-        jwt_secret="Jq8vT3nRw5Yb2Kx7Lp9Zc4Md6Hf1Gs0Ae8Ui3OoP",
-        cors_origins=["https://app.example.com"],
-        email_delivery="log",
-        log_level="INFO",
-    )
+    settings = production_settings(test_database_url)
     stream = io.StringIO()
     example = logging.getLogger("app.example")
     with root_logger_restored() as root:
@@ -208,3 +221,78 @@ def test_json_lines_carry_the_traceback_of_an_exception() -> None:
 
     assert entry["message"] == "failed"
     assert "ValueError: boom" in entry["exc_info"]
+
+
+async def test_production_writes_each_line_whole_and_at_once_with_every_field(
+    test_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log_file = tmp_path / "service.log"
+    with root_logger_restored() as root, log_file.open("w") as stream:
+        app = create_app(production_settings(test_database_url))
+        [handler] = root.handlers
+        assert isinstance(handler, JsonLineHandler)
+        handler.setStream(stream)
+        # A second handler, as a team's own or pytest's, gets the same records.
+        root.addHandler(caplog.handler)
+        try:
+            transport = ASGITransport(app=app)
+            async with AsyncClient(transport=transport, base_url="http://test") as http:
+                await http.get("/health", headers={"X-Request-ID": "req-8"})
+                await http.get("/no/such/path", headers={"X-Request-ID": "req-9"})
+        finally:
+            await app.state.database.dispose()
+        # Read while the stream is still open and never flushed: nothing waits in a buffer.
+        written = log_file.read_bytes()
+
+    assert written.endswith(b"\n")
+    entries = [json.loads(line) for line in written.decode().splitlines()]
+    access = [entry for entry in entries if entry["logger"] == ACCESS_LOGGER]
+    assert [set(entry) for entry in access] == [ACCESS_FIELDS, ACCESS_FIELDS]
+    health, unmatched = access
+    assert health["message"].startswith("GET /health 200 ")
+    assert (health["level"], health["request_id"], health["method"]) == ("INFO", "req-8", "GET")
+    assert (health["path"], health["route"], health["status"]) == ("/health", "/health", 200)
+    assert (health["user_id"], unmatched["route"], unmatched["status"]) == (None, None, 404)
+    assert isinstance(health["duration_ms"], float)
+    records = access_records(caplog)
+    assert [record.__dict__["request_id"] for record in records] == ["req-8", "req-9"]
+    assert records[0].getMessage() == health["message"]
+
+
+def test_a_production_exception_line_is_one_line_with_its_traceback(
+    test_database_url: str, tmp_path: Path
+) -> None:
+    log_file = tmp_path / "service.log"
+    with root_logger_restored() as root, log_file.open("w") as stream:
+        configure_logging(production_settings(test_database_url))
+        [handler] = root.handlers
+        assert isinstance(handler, JsonLineHandler)
+        handler.setStream(stream)
+        try:
+            raise ValueError("boom")
+        except ValueError:
+            logging.getLogger("app.example").exception("failed")
+        written = log_file.read_text()
+
+    [line] = written.splitlines()
+    entry = json.loads(line)
+    assert (entry["level"], entry["message"]) == ("ERROR", "failed")
+    assert entry["exc_info"].startswith("Traceback (most recent call last):")
+    assert entry["exc_info"].endswith("ValueError: boom")
+
+
+def test_the_line_handler_writes_what_any_other_formatter_makes(tmp_path: Path) -> None:
+    log_file = tmp_path / "service.log"
+    logger = logging.getLogger("app.example.plain")
+    with log_file.open("w") as stream:
+        handler = JsonLineHandler(stream)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        try:
+            logger.warning("first")
+            logger.warning("second: %s", "é")
+        finally:
+            logger.removeHandler(handler)
+        written = log_file.read_text(encoding="utf-8")
+
+    assert written == "WARNING first\nWARNING second: é\n"

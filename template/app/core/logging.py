@@ -1,9 +1,10 @@
 """One logging set-up: JSON lines in production, readable lines elsewhere."""
 
 import logging.config
+import os
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 
@@ -53,6 +54,10 @@ class JsonFormatter(logging.Formatter):
         return f"{stamp},{int(record.msecs):03d}"
 
     def format(self, record: logging.LogRecord) -> str:
+        return self.format_line(record)[:-1].decode()
+
+    def format_line(self, record: logging.LogRecord) -> bytes:
+        """The record as one line of UTF-8 JSON, newline included, ready to be written."""
         entry: dict[str, Any] = {
             "time": self.formatTime(record),
             "level": record.levelname,
@@ -66,7 +71,54 @@ class JsonFormatter(logging.Formatter):
             entry["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
             entry["stack_info"] = self.formatStack(record.stack_info)
-        return orjson.dumps(entry, default=str).decode()
+        return orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+class JsonLineHandler(logging.StreamHandler[TextIO]):
+    """Writes each record its JsonFormatter formats (any other formatter's too) with one
+    `os.write` to the stream's file descriptor: no text layer and no buffer in between,
+    so each line is whole and leaves the process when it is logged. To a stream without
+    a file descriptor (an `io.StringIO`) it writes as StreamHandler does."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        super().__init__(stream)
+        self._fd = _file_descriptor(self.stream)
+
+    def setStream(self, stream: TextIO) -> TextIO | None:  # noqa: N802
+        previous = super().setStream(stream)
+        self._fd = _file_descriptor(self.stream)
+        return previous
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._fd is None:
+            super().emit(record)
+            return
+        try:
+            formatter = self.formatter
+            if isinstance(formatter, JsonFormatter):
+                line = formatter.format_line(record)
+            else:
+                line = (self.format(record) + self.terminator).encode(errors="backslashreplace")
+            # Handler.handle holds the handler's lock, so a write cut short (by a signal)
+            # is finished before another thread's line starts.
+            written = os.write(self._fd, line)
+            while written < len(line):
+                line = line[written:]
+                written = os.write(self._fd, line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+def _file_descriptor(stream: TextIO) -> int | None:
+    """The stream's file descriptor, once what it holds is written out (so that no line
+    overtakes it), or None when it has none."""
+    try:
+        stream.flush()
+        return stream.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 def configure_logging(settings: Settings) -> None:
@@ -77,9 +129,12 @@ def configure_logging(settings: Settings) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    formatter: dict[str, Any] = (
-        {"()": JsonFormatter} if settings.is_production else {"format": TEXT_FORMAT}
-    )
+    if settings.is_production:
+        formatter: dict[str, Any] = {"()": JsonFormatter}
+        handler_class = f"{__name__}.JsonLineHandler"
+    else:
+        formatter = {"format": TEXT_FORMAT}
+        handler_class = "logging.StreamHandler"
     logging.config.dictConfig(
         {
             "version": 1,
@@ -88,7 +143,7 @@ def configure_logging(settings: Settings) -> None:
             "filters": {"request": {"()": RequestContext}},
             "handlers": {
                 "default": {
-                    "class": "logging.StreamHandler",
+                    "class": handler_class,
                     "formatter": "default",
                     "filters": ["request"],
                 },
