@@ -296,3 +296,61 @@ def test_the_line_handler_writes_what_any_other_formatter_makes(tmp_path: Path) 
         written = log_file.read_text(encoding="utf-8")
 
     assert written == "WARNING first\nWARNING second: é\n"
+
+
+async def test_production_writes_the_access_line_itself_as_logging_would(
+    test_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    access_logger = logging.getLogger(ACCESS_LOGGER)
+    through_logging: list[logging.LogRecord] = []
+    handle = access_logger.handle
+
+    def counted(record: logging.LogRecord) -> None:
+        through_logging.append(record)
+        handle(record)
+
+    monkeypatch.setattr(access_logger, "handle", counted)
+    log_file = tmp_path / "service.log"
+    with root_logger_restored() as root, log_file.open("w") as stream:
+        app = create_app(production_settings(test_database_url))
+        [handler] = root.handlers
+        assert isinstance(handler, JsonLineHandler)
+        handler.setStream(stream)
+        try:
+            transport = ASGITransport(app=app)
+            async with AsyncClient(transport=transport, base_url="http://test") as http:
+                await http.get("/health", headers={"X-Request-ID": "direct-1"})
+                # Any other handler, here one that drops everything, takes the line back
+                # through logging.
+                other = logging.NullHandler()
+                root.addHandler(other)
+                await http.get("/health", headers={"X-Request-ID": "logged"})
+                root.removeHandler(other)
+                await http.get("/health", headers={"X-Request-ID": "direct-2"})
+        finally:
+            await app.state.database.dispose()
+        written = log_file.read_bytes()
+
+    assert [record.__dict__["request_id"] for record in through_logging] == ["logged"]
+    lines = [json.loads(line) for line in written.decode().splitlines()]
+    access = [entry for entry in lines if entry["logger"] == ACCESS_LOGGER]
+    assert [entry["request_id"] for entry in access] == ["direct-1", "logged", "direct-2"]
+    # The same fields in the same order; only what differs from request to request differs.
+    assert list(access[0]) == list(access[1]) == list(access[2])
+    for entry in access:
+        for varying in ("time", "message", "duration_ms", "request_id"):
+            entry.pop(varying)
+    assert access[0] == access[1] == access[2]
+
+
+def test_the_line_written_without_a_record_is_the_records_line() -> None:
+    formatter = JsonFormatter()
+    record = logging.getLogger(ACCESS_LOGGER).makeRecord(
+        ACCESS_LOGGER, logging.INFO, "(unknown file)", 0, "GET / 200 0.10ms", (), None
+    )
+    fields = {"request_id": "r", "status": 200, "user_id": None, "route": "/"}
+    record.__dict__.update(fields)
+
+    line = formatter.fields_line(record.created, ACCESS_LOGGER, "GET / 200 0.10ms", fields)
+
+    assert line == formatter.format_line(record)

@@ -44,14 +44,29 @@ class JsonFormatter(logging.Formatter):
     _second: tuple[int, str] = (-1, "")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        return self.timestamp(record.created, record.msecs)
+
+    def timestamp(self, created: float, msecs: float) -> str:
         # logging's own format (2026-12-01 13:23:03,470); the part that changes once a
         # second is formatted once a second.
         second, stamp = self._second
-        if int(record.created) != second:
-            second = int(record.created)
+        if int(created) != second:
+            second = int(created)
             stamp = time.strftime(self.default_time_format, self.converter(second))
             self._second = (second, stamp)
-        return f"{stamp},{int(record.msecs):03d}"
+        return f"{stamp},{int(msecs):03d}"
+
+    def fields_line(self, created: float, name: str, message: str, fields: dict[str, Any]) -> bytes:
+        """The line format_line() writes for an INFO record of logger `name` with these
+        extra `fields`, made without the record."""
+        entry: dict[str, Any] = {
+            "time": self.timestamp(created, (created - int(created)) * 1000),
+            "level": "INFO",
+            "logger": name,
+            "message": message,
+            **fields,
+        }
+        return orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
     def format(self, record: logging.LogRecord) -> str:
         return self.format_line(record)[:-1].decode()
@@ -101,14 +116,50 @@ class JsonLineHandler(logging.StreamHandler[TextIO]):
                 line = (self.format(record) + self.terminator).encode(errors="backslashreplace")
             # Handler.handle holds the handler's lock, so a write cut short (by a signal)
             # is finished before another thread's line starts.
-            written = os.write(self._fd, line)
-            while written < len(line):
-                line = line[written:]
-                written = os.write(self._fd, line)
+            self._write(self._fd, line)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    @staticmethod
+    def _write(fd: int, line: bytes) -> None:
+        written = os.write(fd, line)
+        while written < len(line):
+            line = line[written:]
+            written = os.write(fd, line)
+
+    def write_fields(self, logger: logging.Logger, message: str, fields: dict[str, Any]) -> bool:
+        """Write the INFO line of `logger` with these `fields` straight away, as emit()
+        would write the record, when this handler alone would write it and nothing could
+        change it on the way: no other handler, filter or record factory anywhere between
+        `logger` and the root. Returns False, having written nothing, otherwise."""
+        formatter, fd = self.formatter, self._fd
+        if (
+            fd is None
+            or type(formatter) is not JsonFormatter
+            or self.level > logging.INFO
+            or len(self.filters) != 1
+            or type(self.filters[0]) is not RequestContext
+            or logging.getLogRecordFactory() is not logging.LogRecord
+        ):
+            return False
+        current: logging.Logger | None = logger
+        while current is not None:
+            if current.filters or current.handlers != ([self] if current.parent is None else []):
+                return False
+            if not current.propagate and current.parent is not None:
+                return False
+            current = current.parent
+        line = formatter.fields_line(time.time(), logger.name, message, fields)
+        self.acquire()
+        try:
+            self._write(fd, line)
+        except OSError:
+            return False
+        finally:
+            self.release()
+        return True
 
 
 def _file_descriptor(stream: TextIO) -> int | None:

@@ -16,6 +16,7 @@ from fastapi.routing import iter_route_contexts
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.core.logging import JsonLineHandler
 from app.core.logging import request_id as current_request_id
 
 logger = logging.getLogger("app.access")
@@ -67,29 +68,32 @@ def _log_request(
     method = scope["method"]
     path = scope["path"]
     user_id = state.get("user_id")
+    message = f"{method} {path} {status} {duration_ms:.2f}ms"
+    fields = {
+        "request_id": request_id,
+        "method": method,
+        "path": path,
+        # The template (`/api/v1/items/{item_id}`); None for no route.
+        "route": route_template(scope),
+        "status": status,
+        "duration_ms": duration_ms,
+        # Set by get_current_user (app/api/deps.py) for a signed-in caller.
+        "user_id": None if user_id is None else str(user_id),
+    }
+    # In production, with logging as configure_logging() left it, the service's own
+    # handler writes the line itself: the same bytes, at a quarter of the cost of a
+    # record. With anything else attached (a team's handler, a filter, pytest's caplog,
+    # tracing's ids), the line goes through logging as every other.
+    handlers = logging.root.handlers
+    direct = handlers[0] if len(handlers) == 1 else None
+    if isinstance(direct, JsonLineHandler) and direct.write_fields(logger, message, fields):
+        return
     # What Logger.info does, less the search for its caller (which no line shows) and
     # the check that no `extra` field overwrites one of the record's own.
     record = logger.makeRecord(
-        logger.name,
-        logging.INFO,
-        "(unknown file)",
-        0,
-        f"{method} {path} {status} {duration_ms:.2f}ms",
-        (),
-        None,
-        "(unknown function)",
+        logger.name, logging.INFO, "(unknown file)", 0, message, (), None, "(unknown function)"
     )
-    record.__dict__.update(
-        request_id=request_id,
-        method=method,
-        path=path,
-        # The template (`/api/v1/items/{item_id}`); None for no route.
-        route=route_template(scope),
-        status=status,
-        duration_ms=duration_ms,
-        # Set by get_current_user (app/api/deps.py) for a signed-in caller.
-        user_id=None if user_id is None else str(user_id),
-    )
+    record.__dict__.update(fields)
     logger.handle(record)
 
 
