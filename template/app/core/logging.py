@@ -151,7 +151,10 @@ class JsonLineHandler(logging.StreamHandler[TextIO]):
             if not current.propagate and current.parent is not None:
                 return False
             current = current.parent
-        line = formatter.fields_line(time.time(), logger.name, message, fields)
+        try:
+            line = formatter.fields_line(time.time(), logger.name, message, fields)
+        except orjson.JSONEncodeError:
+            return False  # the record's way reports it as logging reports a bad record
         self.acquire()
         try:
             self._write(fd, line)
