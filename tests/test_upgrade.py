@@ -137,7 +137,7 @@ def template_clone(root: Path) -> tuple[Path, str]:
     git(root, "clone", "--quiet", "--no-local", str(REPO_ROOT), str(clone))
     releases = release_commits()
     for version, commit in releases.items():
-        git(clone, "tag", f"v{version}", commit)
+        git(clone, "tag", "--force", f"v{version}", commit)  # where tags travelled, the same
     listed = git(REPO_ROOT, "ls-files", "--cached", "--others", "--exclude-standard", "-z")
     for name in filter(None, listed.split("\0")):
         source, target = REPO_ROOT / name, clone / name
