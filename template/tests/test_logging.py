@@ -4,8 +4,8 @@ import io
 import json
 import logging
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
@@ -102,6 +102,25 @@ async def test_failed_requests_are_logged_with_their_status(
     [record] = access_records(caplog)
     assert response.status_code == 401
     assert (record.__dict__["path"], record.__dict__["status"]) == ("/api/v1/users/me", 401)
+
+
+@asynccontextmanager
+async def production_service(
+    database_url: str, log_file: Path
+) -> AsyncIterator[tuple[AsyncClient, logging.Logger]]:
+    """A client of the production app, whose own handler writes its log to `log_file`,
+    and the root logger; the file stays open until the block ends."""
+    with root_logger_restored() as root, log_file.open("w") as stream:
+        app = create_app(production_settings(database_url))
+        [handler] = root.handlers
+        assert isinstance(handler, JsonLineHandler)
+        handler.setStream(stream)
+        try:
+            transport = ASGITransport(app=app)
+            async with AsyncClient(transport=transport, base_url="http://test") as http:
+                yield http, root
+        finally:
+            await app.state.database.dispose()
 
 
 def test_production_logs_are_json_lines_with_the_request_id(test_database_url: str) -> None:
@@ -227,20 +246,11 @@ async def test_production_writes_each_line_whole_and_at_once_with_every_field(
     test_database_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     log_file = tmp_path / "service.log"
-    with root_logger_restored() as root, log_file.open("w") as stream:
-        app = create_app(production_settings(test_database_url))
-        [handler] = root.handlers
-        assert isinstance(handler, JsonLineHandler)
-        handler.setStream(stream)
+    async with production_service(test_database_url, log_file) as (http, root):
         # A second handler, as a team's own or pytest's, gets the same records.
         root.addHandler(caplog.handler)
-        try:
-            transport = ASGITransport(app=app)
-            async with AsyncClient(transport=transport, base_url="http://test") as http:
-                await http.get("/health", headers={"X-Request-ID": "req-8"})
-                await http.get("/no/such/path", headers={"X-Request-ID": "req-9"})
-        finally:
-            await app.state.database.dispose()
+        await http.get("/health", headers={"X-Request-ID": "req-8"})
+        await http.get("/no/such/path", headers={"X-Request-ID": "req-9"})
         # Read while the stream is still open and never flushed: nothing waits in a buffer.
         written = log_file.read_bytes()
 
@@ -311,25 +321,16 @@ async def test_production_writes_the_access_line_itself_as_logging_would(
 
     monkeypatch.setattr(access_logger, "handle", counted)
     log_file = tmp_path / "service.log"
-    with root_logger_restored() as root, log_file.open("w") as stream:
-        app = create_app(production_settings(test_database_url))
-        [handler] = root.handlers
-        assert isinstance(handler, JsonLineHandler)
-        handler.setStream(stream)
-        try:
-            transport = ASGITransport(app=app)
-            async with AsyncClient(transport=transport, base_url="http://test") as http:
-                await http.get("/health", headers={"X-Request-ID": "direct-1"})
-                # Any other handler, here one that drops everything, takes the line back
-                # through logging.
-                other = logging.NullHandler()
-                root.addHandler(other)
-                await http.get("/health", headers={"X-Request-ID": "logged"})
-                root.removeHandler(other)
-                await http.get("/health", headers={"X-Request-ID": "direct-2"})
-        finally:
-            await app.state.database.dispose()
-        written = log_file.read_bytes()
+    async with production_service(test_database_url, log_file) as (http, root):
+        await http.get("/health", headers={"X-Request-ID": "direct-1"})
+        # Any other handler, here one that drops everything, takes the line back through
+        # logging.
+        other = logging.NullHandler()
+        root.addHandler(other)
+        await http.get("/health", headers={"X-Request-ID": "logged"})
+        root.removeHandler(other)
+        await http.get("/health", headers={"X-Request-ID": "direct-2"})
+    written = log_file.read_bytes()
 
     assert [record.__dict__["request_id"] for record in through_logging] == ["logged"]
     lines = [json.loads(line) for line in written.decode().splitlines()]
