@@ -374,7 +374,7 @@ def main() -> int:
         file.write_text(merged, encoding="utf-8")
         if path.endswith(".py"):
             tidy(path)
-        subprocess.run(["git", "add", "--", path], check=True)
+        subprocess.run(["git", "add", "--", path], check=False)
         print(f"merge_registries: {path}: kept yours ({', '.join(kept) or 'nothing new'}) "
               "beside the template's")  # fmt: skip
     return 0
