@@ -114,12 +114,12 @@ def merge_requirements(ours: list[str], theirs: list[str], shipped: set[str]) ->
     for line in ours + theirs:
         if requirement_name(line) is None and line.strip() and not line.strip().startswith("#"):
             return None
-    theirs_names = {requirement_name(line) for line in theirs}
+    known = shipped | {name for line in theirs if (name := requirement_name(line))}
     theirs_lines = {line.strip() for line in theirs}
     carried = [
         line
         for line in ours
-        if ((name := requirement_name(line)) is not None and name not in shipped | theirs_names)
+        if ((name := requirement_name(line)) is not None and name not in known)
         or (line.strip().startswith("#") and line.strip() not in theirs_lines)
     ]
     if not carried:

@@ -59,33 +59,28 @@ class JsonFormatter(logging.Formatter):
     def fields_line(self, created: float, name: str, message: str, fields: dict[str, Any]) -> bytes:
         """The line format_line() writes for an INFO record of logger `name` with these
         extra `fields`, made without the record."""
-        entry: dict[str, Any] = {
-            "time": self.timestamp(created, (created - int(created)) * 1000),
-            "level": "INFO",
-            "logger": name,
-            "message": message,
-            **fields,
-        }
-        return orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
+        stamp = self.timestamp(created, (created - int(created)) * 1000)
+        return self._line(stamp, "INFO", name, message, fields)
 
     def format(self, record: logging.LogRecord) -> str:
         return self.format_line(record)[:-1].decode()
 
     def format_line(self, record: logging.LogRecord) -> bytes:
         """The record as one line of UTF-8 JSON, newline included, ready to be written."""
-        entry: dict[str, Any] = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
+        extra = {
+            key: value for key, value in record.__dict__.items() if key not in _RECORD_ATTRIBUTES
         }
-        for key, value in record.__dict__.items():
-            if key not in _RECORD_ATTRIBUTES:
-                entry[key] = value
         if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
+            extra["exc_info"] = self.formatException(record.exc_info)
         if record.stack_info:
-            entry["stack_info"] = self.formatStack(record.stack_info)
+            extra["stack_info"] = self.formatStack(record.stack_info)
+        return self._line(
+            self.formatTime(record), record.levelname, record.name, record.getMessage(), extra
+        )
+
+    @staticmethod
+    def _line(stamp: str, level: str, name: str, message: str, fields: dict[str, Any]) -> bytes:
+        entry = {"time": stamp, "level": level, "logger": name, "message": message, **fields}
         return orjson.dumps(entry, default=str, option=orjson.OPT_APPEND_NEWLINE)
 
 
