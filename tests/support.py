@@ -1,5 +1,7 @@
 """Shared pieces of the template tests: variants, databases, commands and timings."""
 
+import http.client
+import json
 import os
 import shlex
 import socket
@@ -13,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # Servers the tests create their own databases on; CI may point them elsewhere.
@@ -210,3 +212,51 @@ def serve(path: Path, env: Mapping[str, str], log_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+@dataclass
+class Reply:
+    status: int
+    headers: dict[str, str]
+    body: Any
+
+    @property
+    def served_by(self) -> str:
+        return self.headers.get("x-served-by", "")
+
+
+def call(
+    port: int,
+    method: str,
+    path: str,
+    *,
+    json_body: object = None,
+    form: dict[str, str] | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """One request to the service on `port`, on a connection of its own (so a balancer in
+    front balances each one); JSON bodies come back decoded."""
+    sent = dict(headers or {})
+    body: bytes | None = None
+    if json_body is not None:
+        body, sent["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+    elif form is not None:
+        body = urlencode(form).encode()
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=sent)
+        response = connection.getresponse()
+        raw = response.read()
+        received = {name.lower(): value for name, value in response.getheaders()}
+    finally:
+        connection.close()
+    parsed = json.loads(raw) if raw and "json" in received.get("content-type", "") else raw
+    return Reply(response.status, received, parsed)
+
+
+def bearer(token: str, address: str | None = None) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {token}"}
+    if address:
+        headers["X-Forwarded-For"] = address
+    return headers

@@ -17,7 +17,6 @@ at scale" page.
 import csv
 import http.client
 import io
-import json
 import os
 import secrets
 import shutil
@@ -33,8 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlencode, urlsplit
+from urllib.parse import urlsplit
 
 import pytest
 from benchkit.pooler import pgbouncer
@@ -44,6 +42,9 @@ from tests.support import (
     VARIANTS,
     DatabaseServer,
     Project,
+    Reply,
+    bearer,
+    call,
     free_port,
     project_env,
     run,
@@ -162,53 +163,6 @@ def test_prestart_on_four_replicas_at_once_migrates_once_and_creates_one_admin(
 
 
 # --- three replicas behind HAProxy ----------------------------------------------------------
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: Any
-
-    @property
-    def served_by(self) -> str:
-        return self.headers.get("x-served-by", "")
-
-
-def call(
-    port: int,
-    method: str,
-    path: str,
-    *,
-    json_body: object = None,
-    form: dict[str, str] | None = None,
-    headers: dict[str, str] | None = None,
-) -> Reply:
-    """One request on a connection of its own (so HAProxy balances each one)."""
-    sent = dict(headers or {})
-    body: bytes | None = None
-    if json_body is not None:
-        body, sent["Content-Type"] = json.dumps(json_body).encode(), "application/json"
-    elif form is not None:
-        body = urlencode(form).encode()
-        sent["Content-Type"] = "application/x-www-form-urlencoded"
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        connection.request(method, path, body=body, headers=sent)
-        response = connection.getresponse()
-        raw = response.read()
-        received = {name.lower(): value for name, value in response.getheaders()}
-    finally:
-        connection.close()
-    parsed = json.loads(raw) if raw and "json" in received.get("content-type", "") else raw
-    return Reply(response.status, received, parsed)
-
-
-def bearer(token: str, address: str | None = None) -> dict[str, str]:
-    headers = {"Authorization": f"Bearer {token}"}
-    if address:
-        headers["X-Forwarded-For"] = address
-    return headers
 
 
 @dataclass

@@ -11,7 +11,6 @@ still be there, the old database must migrate and pass `alembic check`, every ro
 still work, and the project's own suite, ruff and mypy must pass.
 """
 
-import json
 import re
 import secrets
 import shutil
@@ -19,19 +18,27 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import copier
 import pytest
 import yaml
 
-from tests.support import REPO_ROOT, TIMINGS, DatabaseServer, project_env, run, serve
+from tests.support import (
+    REPO_ROOT,
+    TIMINGS,
+    DatabaseServer,
+    Reply,
+    bearer,
+    call,
+    project_env,
+    run,
+    serve,
+)
 from tests.test_update import IDENTITY, assert_no_conflicts, commit_all, edit, git
 
 FIRST_RELEASE = "0.1.0"
@@ -154,55 +161,32 @@ def template_clone(root: Path) -> tuple[Path, str]:
     return clone, tag
 
 
-def call(
-    base: str,
-    method: str,
-    path: str,
-    *,
-    token: str | None = None,
-    json_body: object = None,
-    form: dict[str, str] | None = None,
-) -> tuple[int, object]:
-    """One request; the status and the decoded JSON body (None when empty)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = None
-    if json_body is not None:
-        data = json.dumps(json_body).encode()
-        headers["Content-Type"] = "application/json"
-    elif form is not None:
-        data = urllib.parse.urlencode(form).encode()
-        headers["Content-Type"] = "application/x-www-form-urlencoded"
-    req = urllib.request.Request(base + path, data=data, headers=headers, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=30) as response:
-            status, body = response.status, response.read()
-    except urllib.error.HTTPError as error:
-        status, body = error.code, error.read()
-    return status, json.loads(body) if body else None
+LOGIN = "/api/v1/auth/login"
 
 
-def login(base: str, email: str, password: str = PASSWORD) -> tuple[int, object]:
-    return call(base, "POST", "/api/v1/auth/login", form={"username": email, "password": password})
+def login(port: int, email: str, password: str = PASSWORD) -> Reply:
+    return call(port, "POST", LOGIN, form={"username": email, "password": password})
 
 
-def token_of(base: str, email: str) -> str:
-    status, body = login(base, email)
-    assert status == 200, (email, status, body)
-    assert isinstance(body, dict)
-    return str(body["access_token"])
+def token_of(port: int, email: str) -> str:
+    reply = login(port, email)
+    assert reply.status == 200, (email, reply.status, reply.body)
+    return str(reply.body["access_token"])
 
 
 @contextmanager
-def served(project: Path, env: dict[str, str]) -> Iterator[str]:
-    """The project's service on a free port; its log must hold no traceback."""
+def served(project: Path, env: dict[str, str]) -> Iterator[int]:
+    """The project's service on a free port, that port; its log must hold no traceback."""
     log_path = project.parent / f"{project.name}-{secrets.token_hex(4)}.log"
     with serve(project, {**env, "METRICS_PORT": "0"}, log_path) as base:
-        yield base
+        port = urlsplit(base).port
+        assert port is not None, base
+        yield port
     log = log_path.read_text()
     assert "Traceback" not in log, log[-5000:]
 
 
-def fill(base: str, project: Path, env: dict[str, str]) -> Filled:
+def fill(port: int, project: Path, env: dict[str, str]) -> Filled:
     """Data in the 0.1.0 service, through its own CLI and HTTP API."""
     admin = "owner@ledger.example"
     subprocess.run(
@@ -215,42 +199,40 @@ def fill(base: str, project: Path, env: dict[str, str]) -> Filled:
     users = {}
     for name in ("alice", "bob", "carol"):
         email = f"{name}@ledger.example"
-        status, body = call(
-            base,
+        reply = call(
+            port,
             "POST",
             "/api/v1/auth/register",
             json_body={"email": email, "password": PASSWORD, "full_name": name.title()},
         )
-        assert status == 201, body
-        assert isinstance(body, dict)
-        users[email] = str(body["id"])
+        assert reply.status == 201, reply.body
+        users[email] = str(reply.body["id"])
     items = {}
     for email, count in (("alice@ledger.example", 2), ("bob@ledger.example", 1)):
-        token = token_of(base, email)
+        token = token_of(port, email)
         for number in range(count):
-            status, body = call(
-                base,
+            reply = call(
+                port,
                 "POST",
                 "/api/v1/items",
-                token=token,
+                headers=bearer(token),
                 json_body={"title": f"{email} item {number}", "description": "kept"},
             )
-            assert status == 201, body
-            assert isinstance(body, dict)
-            items[str(body["id"])] = email
+            assert reply.status == 201, reply.body
+            items[str(reply.body["id"])] = email
     editor = "bob@ledger.example"
-    status, body = call(
-        base,
+    reply = call(
+        port,
         "PATCH",
         f"/api/v1/users/{users[editor]}",
-        token=token_of(base, admin),
+        headers=bearer(token_of(port, admin)),
         json_body={"role": "editor"},
     )
-    assert status == 200 and isinstance(body, dict) and body["role"] == "editor", body
+    assert reply.status == 200 and reply.body["role"] == "editor", reply.body
     locked = "carol@ledger.example"
     for _ in range(5):
-        assert login(base, locked, WRONG)[0] == 401
-    assert login(base, locked)[0] == 429, "0.1.0 should lock the account after 5 failures"
+        assert login(port, locked, WRONG).status == 401
+    assert login(port, locked).status == 429, "0.1.0 should lock the account after 5 failures"
     return Filled(admin, users, items, editor, locked)
 
 
@@ -358,8 +340,8 @@ def test_a_project_from_the_first_release_updates_with_its_data_and_edits(
     commit_all(project, f"Ledger Service from the template's v{FIRST_RELEASE}")
     run("uv sync --quiet", project)
     run("uv run alembic upgrade head", project, env)
-    with served(project, env) as base:
-        filled = fill(base, project, env)
+    with served(project, env) as port:
+        filled = fill(port, project, env)
     migration = team_edits(project, env)
     TIMINGS[timing]["0.1.0"] = time.perf_counter() - started
 
@@ -415,11 +397,11 @@ def test_a_project_from_the_first_release_updates_with_its_data_and_edits(
     assert "No new upgrade operations detected" in checked.stdout + checked.stderr
 
     # Every row is still there and still works.
-    with served(project, env) as base:
-        admin = token_of(base, filled.admin)
-        status, listed = call(base, "GET", "/api/v1/users?limit=100", token=admin)
-        assert status == 200 and isinstance(listed, dict), listed
-        roles = {user["email"]: user["role"] for user in listed["items"]}
+    with served(project, env) as port:
+        admin = token_of(port, filled.admin)
+        listed = call(port, "GET", "/api/v1/users?limit=100", headers=bearer(admin))
+        assert listed.status == 200, listed.body
+        roles = {user["email"]: user["role"] for user in listed.body["items"]}
         assert roles == {
             filled.admin: "owner",
             "alice@ledger.example": "member",
@@ -427,14 +409,14 @@ def test_a_project_from_the_first_release_updates_with_its_data_and_edits(
             filled.locked: "member",
         }
         for email in ("alice@ledger.example", filled.editor):
-            status, page = call(base, "GET", "/api/v1/items", token=token_of(base, email))
-            assert status == 200 and isinstance(page, dict), page
-            owned = {item["id"] for item in page["items"]}
+            page = call(port, "GET", "/api/v1/items", headers=bearer(token_of(port, email)))
+            assert page.status == 200, page.body
+            owned = {item["id"] for item in page.body["items"]}
             assert owned == {item for item, owner in filled.items.items() if owner == email}
-            assert all(item["owner_id"] == filled.users[email] for item in page["items"])
-        status, body = login(base, filled.locked)
-        assert status == 429, f"the lockout was lifted by the upgrade: {status} {body}"
-        assert call(base, "GET", "/api/v1/reports/summary")[0] == 200
+            assert all(item["owner_id"] == filled.users[email] for item in page.body["items"])
+        refused = login(port, filled.locked)
+        assert refused.status == 429, f"the upgrade lifted the lockout: {refused}"
+        assert call(port, "GET", "/api/v1/reports/summary").status == 200
     TIMINGS[timing]["after"] = time.perf_counter() - started
 
     # The updated project's own checks.
